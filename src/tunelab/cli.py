@@ -1,0 +1,148 @@
+"""The `tunelab` command line: a thin layer over the library."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import TunelabError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Adapt pretrained LLMs with every major fine-tuning technique, measured honestly.")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect the run config schema.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets.")
+app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="Run config YAML."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="KEY=VALUE overrides, e.g. train.epochs=1 method.r=8"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+):
+    """Train as CONFIG says; the run directory is the last line of stdout."""
+    from .engine import train as run_training
+
+    run_dir = run_training(config, overrides or [], resume=resume, overwrite=overwrite, quiet=quiet)
+    print(run_dir)
+
+
+@config_app.command("schema")
+def config_schema():
+    """Print the run config's JSON schema."""
+    from .config import RunConfig
+
+    print(json.dumps(RunConfig.model_json_schema(), indent=2))
+
+
+@config_app.command("show")
+def config_show(config: Path, overrides: Optional[List[str]] = typer.Argument(None)):
+    """Print the fully resolved config (with defaults and overrides)."""
+    from .config import load_config
+
+    print(load_config(config, overrides or []).to_yaml(), end="")
+
+
+@app.command()
+def models():
+    """List bundled models with parameter counts and origin."""
+    from .models import list_models
+
+    print(f"{'name':<14} {'kind':<8} {'params':>12}  origin")
+    for row in list_models():
+        params = f"{row['params']:,}" if row["params"] else "not installed"
+        print(f"{row['name']:<14} {row['kind']:<8} {params:>12}  {row['origin']}")
+    print("Also accepted: any local Hugging Face model directory, or a Hub id when online.")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    file: str = typer.Argument(..., help="Data file (.jsonl/.json/.csv/.parquet) or Hub dataset id."),
+    model: str = typer.Option("smollm2-135m", "--model", help="Model whose tokenizer and chat template to use."),
+    data_format: str = typer.Option("auto", "--format", help="Row format (auto detects it)."),
+    field: Optional[List[str]] = typer.Option(None, "--field", help="Column mapping CANONICAL=COLUMN (repeatable)."),
+):
+    """Detected format, row count, token-length stats and one rendered example (trained span in ⟦ ⟧)."""
+    from .data.inspect import inspect_data
+    from .models import load_tokenizer
+
+    fields = dict(item.split("=", 1) for item in field or [] if "=" in item)
+    report = inspect_data(file, load_tokenizer(model), data_format, fields)
+    t = report["tokens"]
+    print(f"source:  {report['source']}\nformat:  {report['format']}\nrows:    {report['rows']}")
+    print(f"tokens:  min {t['min']}  median {t['median']}  p95 {t['p95']}  max {t['max']}  ({model} tokenizer)")
+    if "labels" in report:
+        print("labels:  " + ", ".join(f"{k}={v}" for k, v in report["labels"].items()))
+    print("example (⟦ ⟧ marks tokens that carry loss):\n" + report["example"])
+
+
+@app.command()
+def runs(output_dir: Path = typer.Option(Path("runs"), "--output-dir", help="Where runs are kept.")):
+    """List finished runs from the output directory's index."""
+    from .rundir import list_runs
+
+    rows = list_runs(output_dir)
+    if not rows:
+        print(f"no runs in {output_dir}")
+        return
+    print(f"{'name':<32} {'stage':<9} {'method':<8} {'model':<14} {'metric':<24} finished")
+    for r in rows:
+        value = f"{r['metric_value']:.4g}" if r["metric_value"] is not None else "-"
+        print(f"{r['name']:<32} {r['stage']:<9} {r['method']:<8} {r['model']:<14} "
+              f"{r['metric_name'] + '=' + value:<24} {r['finished_at']}")
+
+
+@app.command()
+def generate(
+    run_or_model: str = typer.Argument(..., help="Run directory, bundled model name, model dir or Hub id."),
+    prompt: str = typer.Argument(...),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy."),
+):
+    """Generate a reply to PROMPT."""
+    from .inference import load
+
+    print(load(run_or_model).generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature))
+
+
+@app.command()
+def chat(
+    run_or_model: str = typer.Argument(...),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0),
+):
+    """Interactive chat (empty line or Ctrl-D ends it)."""
+    from .inference import load
+
+    loaded = load(run_or_model)
+    messages: list[dict] = []
+    while True:
+        try:
+            text = input("you> ").strip()
+        except EOFError:
+            break
+        if not text:
+            break
+        messages.append({"role": "user", "content": text})
+        reply = loaded.generate(messages, max_new_tokens=max_new_tokens, temperature=temperature)
+        messages.append({"role": "assistant", "content": reply})
+        print(f"model> {reply}", flush=True)
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app()
+    except TunelabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)

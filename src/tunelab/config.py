@@ -1,0 +1,206 @@
+"""The typed run config: one pydantic model, YAML on disk, dotted ``KEY=VALUE`` overrides."""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from .errors import TunelabError
+from .methods import METHODS
+from .schema import StrictModel
+from .stages import STAGES
+
+DataFormat = Literal["auto", "text", "instruction", "messages", "classification", "preference"]
+
+
+class DataConfig(StrictModel):
+    """Where the examples come from and how to read them."""
+
+    train: str = Field(description="Training data: a .jsonl/.json/.csv/.parquet file, or a Hub dataset id.")
+    eval: str | None = Field(None, description="Held-out data file; if unset, `eval_fraction` of train is held out.")
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of train held out for eval when `eval` is unset.")
+    format: DataFormat = Field("auto", description="Row format; `auto` detects it from the field names.")
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="Map canonical field -> column in the file, e.g. {instruction: question, response: answer}.",
+    )
+    split: str = Field("train", description="Split to read from a Hub dataset.")
+    max_rows: int | None = Field(None, ge=1, description="Use only the first N rows of train (after shuffling).")
+    system_prompt: str | None = Field(None, description="System message prepended to every chat (SFT).")
+
+
+class TrainConfig(StrictModel):
+    """Optimisation settings (passed to transformers' Trainer)."""
+
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data.")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate (LoRA: ~1e-4..5e-4; full: ~1e-5..5e-5).")
+    batch_size: int = Field(4, ge=1, description="Examples per device per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    max_length: int = Field(512, ge=8, description="Tokens per example; longer examples are truncated.")
+    seed: int = Field(42, description="Seed for data order, splits and initialisation.")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="`auto`: bf16 autocast where the CPU/GPU supports it, else fp32."
+    )
+    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after warmup.")
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Share of steps spent warming up linearly.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    logging_steps: int = Field(5, ge=1, description="Log train loss every N optimizer steps.")
+    save_steps: int = Field(100, ge=0, description="Checkpoint every N optimizer steps (0: no checkpoints).")
+    save_total_limit: int = Field(2, ge=1, description="Keep only the newest N checkpoints.")
+    eval_batch_size: int = Field(8, ge=1, description="Examples per eval batch.")
+
+
+def _union(registry: dict, what: str):
+    configs = tuple(module.Config for module in registry.values())
+    return Annotated[Union[configs], Field(discriminator="name", description=f"The {what}, with its options.")]
+
+
+MethodSection = _union(METHODS, "adaptation method")
+StageSection = _union(STAGES, "training stage")
+
+
+class RunConfig(StrictModel):
+    """One fine-tuning run."""
+
+    name: str | None = Field(None, description="Run name; the run directory is `output_dir/name`.")
+    model: str = Field(description="Bundled name (see `tunelab models`), local model directory, or Hub id.")
+    stage: StageSection
+    method: MethodSection
+    data: DataConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output_dir: str = Field("runs", description="Parent directory of run directories.")
+
+    @field_validator("stage", "method", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        # `method: lora` is shorthand for `method: {name: lora}`.
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _default_name(self) -> "RunConfig":
+        if not self.name:
+            model = Path(self.model).name if Path(self.model).exists() else self.model.split("/")[-1]
+            object.__setattr__(self, "name", f"{self.stage.name}-{self.method.name}-{model}")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / str(self.name)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(source: str | Path | dict, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML file (or a dict), apply ``KEY=VALUE`` overrides, validate."""
+    if isinstance(source, dict):
+        raw = dict(source)
+    else:
+        raw = _read_yaml(Path(source))
+    for item in overrides or []:
+        key, value = _parse_override(item)
+        _set_dotted(raw, key, value)
+    return validate_config(raw, origin=str(source) if not isinstance(source, dict) else "config")
+
+
+def validate_config(raw: dict, origin: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise TunelabError(f"{origin}: {_describe_error(exc.errors()[0], raw)}") from None
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise TunelabError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise TunelabError(f"bad YAML in {path}:{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise TunelabError(f"bad config {path}: expected a mapping of keys at the top level")
+    return data
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise TunelabError(f"override '{item}' is not KEY=VALUE (e.g. train.epochs=1)")
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), value
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if isinstance(child, str) and part in ("method", "stage"):
+            child = {"name": child}  # expand the shorthand so method.r=8 can land
+        if not isinstance(child, dict):
+            child = {}
+        node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _section_class(cls, field: str, raw_section: Any):
+    """The config class a nested key lives in (resolving method/stage by their name)."""
+    registry = {"method": METHODS, "stage": STAGES}.get(field) if cls is RunConfig else None
+    if registry is not None:
+        name = raw_section.get("name") if isinstance(raw_section, dict) else raw_section
+        module = registry.get(name)
+        return module.Config if module else None
+    annotation = cls.model_fields[field].annotation
+    return annotation if isinstance(annotation, type) and issubclass(annotation, StrictModel) else None
+
+
+def _describe_error(err: dict, raw: dict) -> str:
+    """Turn one pydantic error into a line that names the key and suggests a fix."""
+    loc = [str(part) for part in err["loc"]]
+    cls, node, path = RunConfig, raw, []
+    i = 0
+    while i < len(loc):
+        part = loc[i]
+        path.append(part)
+        if i == len(loc) - 1 or cls is None:
+            break
+        field_cls = _section_class(cls, part, node.get(part) if isinstance(node, dict) else None) if part in cls.model_fields else None
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+        if cls is RunConfig and part in ("method", "stage") and i + 1 < len(loc) and loc[i + 1] == node.get("name", None):
+            i += 1  # pydantic puts the union tag in the location; it is not a key
+        cls = field_cls
+        i += 1
+    dotted = ".".join(path)
+    kind = err["type"]
+    if kind == "extra_forbidden" and cls is not None:
+        valid = list(cls.model_fields)
+        hint = difflib.get_close_matches(path[-1], valid, n=1, cutoff=0.5)
+        owner = f" for {cls.__name__.replace('Config', '').lower() or 'run'}" if cls is not RunConfig else ""
+        where = f"{'.'.join(path[:-1]) + '.' if len(path) > 1 else ''}"
+        suggestion = f"; did you mean '{where}{hint[0]}'?" if hint else f"; valid keys: {', '.join(valid)}"
+        return f"unknown key '{dotted}'{owner}{suggestion}"
+    if kind == "union_tag_invalid":
+        registry = METHODS if path[0] == "method" else STAGES
+        got = err.get("input", {}).get("name") if isinstance(err.get("input"), dict) else err.get("input")
+        hint = difflib.get_close_matches(str(got), list(registry), n=1)
+        more = f" (did you mean '{hint[0]}'?)" if hint else ""
+        return f"unknown {path[0]} '{got}'{more}; choose from: {', '.join(registry)}"
+    if kind == "missing":
+        return f"missing required key '{dotted}'"
+    value = err.get("input")
+    return f"{dotted}: {err['msg'].lower()} (got {value!r})"

@@ -1,0 +1,59 @@
+"""`tunelab data inspect`: format, size, token-length stats and one rendered example."""
+from __future__ import annotations
+
+import statistics
+
+from . import load_file
+from .tokenize import IGNORE, encode_chat, render_chat
+
+TRAIN_OPEN, TRAIN_CLOSE = "⟦", "⟧"  # marks the span that carries loss
+
+
+def _percentile(values: list[int], q: float) -> int:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def _lengths(fmt: str, examples: list[dict], tokenizer) -> list[int]:
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    if fmt in ("instruction", "messages"):
+        return [len(tokenizer(render_chat(tokenizer, e["messages"])[0], add_special_tokens=False)["input_ids"])
+                for e in examples]
+    if fmt == "preference":
+        return [count(e["prompt"] + e["chosen"]) for e in examples]
+    return [count(e["text"]) for e in examples]
+
+
+def mark_trained(tokenizer, encoded: dict) -> str:
+    """Decode an encoded example, wrapping loss-bearing runs of tokens in ⟦ ⟧."""
+    pieces, inside = [], False
+    for token, label in zip(encoded["input_ids"], encoded["labels"]):
+        trained = label != IGNORE
+        if trained != inside:
+            pieces.append(TRAIN_OPEN if trained else TRAIN_CLOSE)
+            inside = trained
+        pieces.append(tokenizer.decode([token]))
+    if inside:
+        pieces.append(TRAIN_CLOSE)
+    return "".join(pieces)
+
+
+def inspect_data(source: str, tokenizer, data_format: str = "auto", fields: dict | None = None) -> dict:
+    fmt, examples = load_file(source, data_format, fields)
+    lengths = _lengths(fmt, examples, tokenizer)
+    first = examples[0]
+    if fmt in ("instruction", "messages"):
+        rendered = mark_trained(tokenizer, encode_chat(tokenizer, first["messages"], max_length=10**9))
+    elif fmt == "text":
+        rendered = f"{TRAIN_OPEN}{first['text']}{TRAIN_CLOSE}"
+    elif fmt == "classification":
+        rendered = f"{first['text']}\n-> label: {first['label']}"
+    else:
+        rendered = f"PROMPT: {first['prompt']}\nCHOSEN: {first['chosen']}\nREJECTED: {first['rejected']}"
+    stats = {"min": min(lengths), "median": int(statistics.median(lengths)), "p95": _percentile(lengths, 0.95),
+             "max": max(lengths)}
+    report = {"source": source, "format": fmt, "rows": len(examples), "tokens": stats, "example": rendered}
+    if fmt == "classification":
+        labels = [e["label"] for e in examples]
+        report["labels"] = {label: labels.count(label) for label in sorted(set(labels))}
+    return report

@@ -1,0 +1,199 @@
+"""The training path, top to bottom: load model -> apply method -> build data -> train -> evaluate -> save."""
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from . import rundir
+from .config import RunConfig, load_config
+from .errors import TunelabError
+from .methods import METHODS
+from .models import count_params, load_model, resolve
+from .stages import STAGES
+
+
+def _log(message: str) -> None:
+    # Progress and notes go to stderr: stdout's last line is the run directory.
+    print(message, file=sys.stderr, flush=True)
+
+
+def use_bf16(precision: str) -> bool:
+    """bf16 autocast where the hardware does bf16 natively; fp32 otherwise."""
+    if torch.cuda.is_available():
+        supported = torch.cuda.is_bf16_supported()
+    else:
+        supported = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if precision == "bf16" and not supported:
+        raise TunelabError("train.precision=bf16 but this machine has no native bf16 support; use auto or fp32")
+    return precision == "bf16" or (precision == "auto" and supported)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _training_arguments(cfg: RunConfig, run_dir: Path, has_eval: bool, quiet: bool):
+    from transformers import TrainingArguments
+
+    t = cfg.train
+    return TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        learning_rate=t.lr,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        lr_scheduler_type=t.scheduler if t.scheduler != "constant" else "constant_with_warmup",
+        warmup_steps=t.warmup_ratio,  # a float below 1 is a ratio of total steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        eval_strategy="epoch" if has_eval else "no",
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
+        bf16=use_bf16(t.precision),
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to=[],
+        disable_tqdm=quiet,
+        remove_unused_columns=False,
+        prediction_loss_only=True,
+        include_num_input_tokens_seen="non_padding",
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+    )
+
+
+def _make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, quiet):
+    from transformers import Trainer, TrainerCallback
+
+    class MetricsLogger(TrainerCallback):
+        """Append every log record to metrics.jsonl (adding perplexity next to eval loss)."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
+            if "eval_loss" in record:
+                record["eval_perplexity"] = math.exp(min(record["eval_loss"], 50))
+            rundir.append_jsonl(run_dir / "metrics.jsonl", record)
+
+    class StageTrainer(Trainer):
+        """transformers' Trainer, with the loss supplied by the stage module."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss, outputs = stage.compute_loss(model, inputs, num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None \
+                    and self.model_accepts_loss_kwargs:
+                loss = loss * self.accelerator.num_processes  # DDP averages; num_items was a global sum
+            return (loss, outputs) if return_outputs else loss
+
+    return StageTrainer(
+        model=model,
+        args=_training_arguments(cfg, run_dir, bool(eval_ds), quiet),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds or None,
+        data_collator=stage.collate(tokenizer),
+        processing_class=tokenizer,
+        callbacks=[MetricsLogger()],
+    )
+
+
+def _check_resumable(cfg: RunConfig, run_dir: Path) -> None:
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.exists():
+        return
+    saved = yaml.safe_load(saved_path.read_text())
+    current = cfg.model_dump(mode="json")
+    for key in ("model", "stage", "method"):
+        if saved.get(key) != current[key]:
+            raise TunelabError(f"--resume: {key} differs from the run in {run_dir} ({saved.get(key)!r} vs {current[key]!r})")
+
+
+def train(config: RunConfig | str | Path | dict, overrides: list[str] | None = None, *,
+          resume: bool = False, overwrite: bool = False, quiet: bool = False) -> Path:
+    """Run one fine-tuning job as the config says; return the run directory."""
+    cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
+    stage, method = STAGES[cfg.stage.name], METHODS[cfg.method.name]
+    run_dir = cfg.run_dir
+    checkpoint = rundir.prepare(run_dir, resume, overwrite)
+    if checkpoint:
+        _check_resumable(cfg, run_dir)
+
+    # Everything that can fail on bad input happens before the run directory is touched.
+    from transformers import set_seed
+
+    set_seed(cfg.train.seed)
+    model, tokenizer = load_model(cfg.model, stage.MODEL_KIND)
+    train_ds, eval_ds = stage.build_datasets(cfg, tokenizer)
+    model = method.apply(model, cfg.method)
+    trainable, total = count_params(model)
+    _log(f"model {cfg.model} | stage {cfg.stage.name} | method {cfg.method.name} | "
+         f"trainable params {trainable:,} / {total:,} ({100 * trainable / total:.2f}%) | "
+         f"{len(train_ds)} train / {len(eval_ds)} eval examples")
+
+    if overwrite and not resume:
+        rundir.clear(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        trainer = _make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, quiet)
+        if trainer.is_world_process_zero():
+            (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        started = time.time()
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        train_seconds = time.time() - started
+        metrics = _final_metrics(trainer, eval_ds)
+    except BaseException:
+        if rundir.last_checkpoint(run_dir) is None and not resume:
+            rundir.clear(run_dir)  # nothing resumable: leave no half-written run behind
+        raise
+
+    if trainer.is_world_process_zero():
+        method.save(trainer.model if not hasattr(trainer.model, "module") else trainer.model.module, run_dir)
+        tokenizer.save_pretrained(run_dir / "tokenizer")
+        summary = {
+            "name": cfg.name,
+            "stage": cfg.stage.name,
+            "method": cfg.method.name,
+            "model": cfg.model,
+            "model_path": resolve(cfg.model),
+            "trainable_params": trainable,
+            "total_params": total,
+            "trainable_percent": round(100 * trainable / total, 4),
+            "train_seconds": round(train_seconds, 2),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "train_tokens": int(trainer.state.num_input_tokens_seen),
+            "train_examples": len(train_ds),
+            "eval_examples": len(eval_ds),
+            "steps": trainer.state.global_step,
+            "precision": "bf16" if trainer.args.bf16 else "fp32",
+            "world_size": trainer.args.world_size,
+            "metrics": metrics,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        rundir.plot_loss(run_dir)
+        rundir.write_json_atomic(run_dir / "summary.json", summary)
+        rundir.index_run(Path(cfg.output_dir), run_dir, summary, stage.KEY_METRIC)
+    return run_dir
+
+
+def _final_metrics(trainer, eval_ds) -> dict:
+    history = trainer.state.log_history
+    train_losses = [r["train_loss"] for r in history if "train_loss" in r]
+    metrics = {"train_loss": train_losses[-1]} if train_losses else {}
+    if eval_ds:
+        last = next((r for r in reversed(history) if "eval_loss" in r), None)
+        if last is None or last.get("step") != trainer.state.global_step:
+            last = trainer.evaluate()
+        metrics.update({k: v for k, v in last.items() if k.startswith("eval_") and isinstance(v, (int, float))})
+        metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
+    return metrics

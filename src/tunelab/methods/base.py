@@ -1,0 +1,17 @@
+"""The contract every adaptation method honours.
+
+A method module exposes:
+  - ``Config``: a :class:`MethodConfig` subclass whose ``name`` is a ``Literal``;
+  - ``apply(model, cfg) -> model``: make the model trainable the method's way;
+  - ``save(model, run_dir)``: write the trained weights into the run directory;
+  - ``load(model, run_dir, cfg) -> model``: rebuild the trained model on a fresh base;
+  - optionally ``merge(model) -> model``: fold the method into plain base weights.
+The training engine never asks which method it holds.
+"""
+from __future__ import annotations
+
+from ..schema import StrictModel
+
+
+class MethodConfig(StrictModel):
+    name: str

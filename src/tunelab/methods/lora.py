@@ -1,0 +1,64 @@
+"""LoRA (Hu et al. 2021) through peft: low-rank updates W + (alpha/r)·B·A on chosen linear layers."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from ..errors import TunelabError
+from .base import MethodConfig
+
+
+class Config(MethodConfig):
+    name: Literal["lora"] = "lora"
+    r: int = Field(16, ge=1, description="Rank of the update matrices.")
+    alpha: float = Field(32, gt=0, description="Scaling numerator: the update is scaled by alpha/r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch input.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="`all-linear`, or module names/suffixes such as [q_proj, v_proj]."
+    )
+    use_dora: bool = Field(False, description="DoRA: learn a magnitude vector beside the LoRA direction.")
+    use_rslora: bool = Field(False, description="rsLoRA: scale by alpha/sqrt(r), stabler at high rank.")
+
+
+def _task_type(model) -> str:
+    return "CAUSAL_LM" if type(model).__name__.endswith("ForCausalLM") else "SEQ_CLS"
+
+
+def apply(model, cfg: Config):
+    from peft import LoraConfig, get_peft_model
+
+    peft_cfg = LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules,
+        use_dora=cfg.use_dora,
+        use_rslora=cfg.use_rslora,
+        task_type=_task_type(model),
+    )
+    try:
+        return get_peft_model(model, peft_cfg)
+    except ValueError as exc:
+        if "not found" in str(exc) or "match" in str(exc):
+            names = sorted({n.split(".")[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
+            raise TunelabError(
+                f"method.target_modules={cfg.target_modules!r} matches no module of the model; "
+                f"linear layers are: {', '.join(names)}"
+            ) from None
+        raise
+
+
+def save(model, run_dir: Path) -> None:
+    model.save_pretrained(run_dir / "adapter")
+
+
+def load(model, run_dir: Path, cfg: Config):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, run_dir / "adapter")
+
+
+def merge(model):
+    return model.merge_and_unload()

@@ -1,0 +1,17 @@
+"""The contract every training stage (objective) honours.
+
+A stage module exposes:
+  - ``Config``: a :class:`StageConfig` subclass whose ``name`` is a ``Literal``;
+  - ``MODEL_KIND``: ``"causal-lm"`` or ``"sequence-classification"``;
+  - ``build_datasets(cfg, tokenizer) -> (train, eval)``: tokenised examples;
+  - ``collate(tokenizer)``: a collator turning examples into a batch;
+  - ``compute_loss(model, batch) -> (loss, outputs)``: how a batch becomes a loss;
+  - ``KEY_METRIC``: the metric name shown by ``tunelab runs``.
+"""
+from __future__ import annotations
+
+from ..schema import StrictModel
+
+
+class StageConfig(StrictModel):
+    name: str

@@ -1,0 +1,39 @@
+"""Stage `sft`: supervised fine-tuning on instruction/chat data; loss on assistant tokens only."""
+from __future__ import annotations
+
+from typing import Literal
+
+from ..data import load_examples
+from ..data.tokenize import encode_chat
+from ..models import CAUSAL_LM
+from ._lm import PadCollator, causal_lm_loss, check_not_empty
+from .base import StageConfig
+
+
+class Config(StageConfig):
+    name: Literal["sft"] = "sft"
+
+
+MODEL_KIND = CAUSAL_LM
+ACCEPTS = ("instruction", "messages")
+KEY_METRIC = "eval_perplexity"
+
+
+def build_datasets(cfg, tokenizer) -> tuple[list[dict], list[dict]]:
+    examples = load_examples(cfg.data, cfg.train.seed, ACCEPTS)
+    max_length = cfg.train.max_length
+
+    def encode(rows):
+        encoded = [encode_chat(tokenizer, row["messages"], max_length) for row in rows]
+        return [e for e in encoded if e is not None], sum(e is None for e in encoded)
+
+    (train, dropped), (eval_, _) = encode(examples.train), encode(examples.eval)
+    check_not_empty(train, eval_, max_length, dropped, cfg.data.train)
+    return train, eval_
+
+
+def collate(tokenizer):
+    return PadCollator(tokenizer.pad_token_id)
+
+
+compute_loss = causal_lm_loss
