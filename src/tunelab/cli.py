@@ -26,12 +26,19 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    nproc: int = typer.Option(1, "--nproc", help="Data-parallel processes (torchrun; gloo on CPU, NCCL on GPUs)."),
 ):
     """Train as CONFIG says; the run directory is the last line of stdout."""
-    from .engine import train as run_training
+    from .engine import is_main_process, train as run_training
 
+    if nproc != 1:
+        from .launch import train_distributed
+
+        print(train_distributed(config, overrides or [], nproc, resume=resume, overwrite=overwrite, quiet=quiet))
+        return
     run_dir = run_training(config, overrides or [], resume=resume, overwrite=overwrite, quiet=quiet)
-    print(run_dir)
+    if is_main_process():
+        print(run_dir)
 
 
 @config_app.command("schema")
@@ -134,6 +141,17 @@ def chat(
         reply = loaded.generate(messages, max_new_tokens=max_new_tokens, temperature=temperature)
         messages.append({"role": "assistant", "content": reply})
         print(f"model> {reply}", flush=True)
+
+
+@app.command()
+def merge(
+    run: Path = typer.Argument(..., help="Finished run directory."),
+    out: Path = typer.Argument(..., help="New directory for the merged model."),
+):
+    """Write RUN as a plain transformers model (method folded into the weights) + tokenizer to OUT."""
+    from .export import merge_run
+
+    print(merge_run(run, out))
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """The typed run config: one pydantic model, YAML on disk, dotted ``KEY=VALUE`` overrides."""
 from __future__ import annotations
 
+import copy
 import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -53,6 +54,10 @@ class TrainConfig(StrictModel):
     save_steps: int = Field(100, ge=0, description="Checkpoint every N optimizer steps (0: no checkpoints).")
     save_total_limit: int = Field(2, ge=1, description="Keep only the newest N checkpoints.")
     eval_batch_size: int = Field(8, ge=1, description="Examples per eval batch.")
+    packing: bool = Field(
+        True, description="pretrain/sft: pack several examples per row (attention kept per example) to cut padding."
+    )
+    eval_before: bool = Field(True, description="Evaluate once before training, so every run reports before/after.")
 
 
 def _union(registry: dict, what: str):
@@ -74,6 +79,9 @@ class RunConfig(StrictModel):
     data: DataConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
     output_dir: str = Field("runs", description="Parent directory of run directories.")
+    init_from: str | None = Field(
+        None, description="A finished run directory (same model, stage and method) whose trained weights this run starts from."
+    )
 
     @field_validator("stage", "method", mode="before")
     @classmethod
@@ -102,7 +110,7 @@ class RunConfig(StrictModel):
 def load_config(source: str | Path | dict, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML file (or a dict), apply ``KEY=VALUE`` overrides, validate."""
     if isinstance(source, dict):
-        raw = dict(source)
+        raw = copy.deepcopy(source)  # overrides must not leak into the caller's dict
     else:
         raw = _read_yaml(Path(source))
     for item in overrides or []:
@@ -190,9 +198,18 @@ def _describe_error(err: dict, raw: dict) -> str:
     if kind == "extra_forbidden" and cls is not None:
         valid = list(cls.model_fields)
         hint = difflib.get_close_matches(path[-1], valid, n=1, cutoff=0.5)
-        owner = f" for {cls.__name__.replace('Config', '').lower() or 'run'}" if cls is not RunConfig else ""
         where = f"{'.'.join(path[:-1]) + '.' if len(path) > 1 else ''}"
         suggestion = f"; did you mean '{where}{hint[0]}'?" if hint else f"; valid keys: {', '.join(valid)}"
+        if len(path) == 2 and path[0] in ("method", "stage"):
+            section = raw.get(path[0])
+            chosen = section.get("name") if isinstance(section, dict) else section
+            owner = f" for {path[0]} '{chosen}'"
+            registry = METHODS if path[0] == "method" else STAGES
+            others = [name for name, module in registry.items() if path[-1] in module.Config.model_fields]
+            if others:  # e.g. method.r with method: full -- an exact match elsewhere beats a fuzzy hint
+                suggestion = f"; '{path[-1]}' is an option of {path[0]} {', '.join(others)} (valid keys: {', '.join(valid)})"
+        else:
+            owner = f" for {cls.__name__.replace('Config', '').lower()}" if cls is not RunConfig else ""
         return f"unknown key '{dotted}'{owner}{suggestion}"
     if kind == "union_tag_invalid":
         registry = METHODS if path[0] == "method" else STAGES

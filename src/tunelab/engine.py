@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import resource
 import sys
 import time
@@ -10,11 +11,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from . import rundir
+from . import rundir, warm_start
 from .config import RunConfig, load_config
 from .errors import TunelabError
 from .methods import METHODS
-from .models import count_params, load_model, resolve
+from .models import count_params, load_tokenizer, resolve
 from .stages import STAGES
 
 
@@ -57,6 +58,7 @@ def _training_arguments(cfg: RunConfig, run_dir: Path, has_eval: bool, quiet: bo
         logging_steps=t.logging_steps,
         logging_first_step=True,
         eval_strategy="epoch" if has_eval else "no",
+        eval_on_start=has_eval and t.eval_before,
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
         save_total_limit=t.save_total_limit,
@@ -70,6 +72,7 @@ def _training_arguments(cfg: RunConfig, run_dir: Path, has_eval: bool, quiet: bo
         include_num_input_tokens_seen="non_padding",
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length",  # batches of similar length: less padding
     )
 
 
@@ -125,23 +128,29 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | None = N
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
     stage, method = STAGES[cfg.stage.name], METHODS[cfg.method.name]
     run_dir = cfg.run_dir
-    checkpoint = rundir.prepare(run_dir, resume, overwrite)
-    if checkpoint:
-        _check_resumable(cfg, run_dir)
+    main = is_main_process()
+    # Only rank 0 judges/changes the run directory; other ranks just follow it.
+    checkpoint = rundir.prepare(run_dir, resume, overwrite) if main else (rundir.last_checkpoint(run_dir) if resume else None)
 
     # Everything that can fail on bad input happens before the run directory is touched.
     from transformers import set_seed
 
     set_seed(cfg.train.seed)
-    model, tokenizer = load_model(cfg.model, stage.MODEL_KIND)
-    train_ds, eval_ds = stage.build_datasets(cfg, tokenizer)
+    if cfg.init_from:
+        warm_start.previous_config(cfg)  # an incompatible earlier run fails here, before any loading
+    train_ds, eval_ds = stage.build_datasets(cfg, load_tokenizer(cfg.model))  # may learn settings (labels)
+    if checkpoint:
+        _check_resumable(cfg, run_dir)
+    model, tokenizer = stage.build_model(cfg)
     model = method.apply(model, cfg.method)
+    if cfg.init_from:
+        warm_start.load_weights(model, cfg)
     trainable, total = count_params(model)
     _log(f"model {cfg.model} | stage {cfg.stage.name} | method {cfg.method.name} | "
          f"trainable params {trainable:,} / {total:,} ({100 * trainable / total:.2f}%) | "
          f"{len(train_ds)} train / {len(eval_ds)} eval examples")
 
-    if overwrite and not resume:
+    if overwrite and not resume and main:
         rundir.clear(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -152,8 +161,10 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | None = N
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         train_seconds = time.time() - started
         metrics = _final_metrics(trainer, eval_ds)
+        batching = _batching_stats(trainer)
+        distributed = _rank_checksums(model)
     except BaseException:
-        if rundir.last_checkpoint(run_dir) is None and not resume:
+        if rundir.last_checkpoint(run_dir) is None and not resume and main:
             rundir.clear(run_dir)  # nothing resumable: leave no half-written run behind
         raise
 
@@ -177,6 +188,8 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | None = N
             "steps": trainer.state.global_step,
             "precision": "bf16" if trainer.args.bf16 else "fp32",
             "world_size": trainer.args.world_size,
+            **batching,
+            **distributed,
             "metrics": metrics,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
@@ -184,6 +197,40 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | None = N
         rundir.write_json_atomic(run_dir / "summary.json", summary)
         rundir.index_run(Path(cfg.output_dir), run_dir, summary, stage.KEY_METRIC)
     return run_dir
+
+
+def is_main_process() -> bool:
+    """True on rank 0 of a torchrun/accelerate launch, and in a plain single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _rank_checksums(model) -> dict:
+    """In a multi-process run, every rank's checksum of its trainable weights (they must agree)."""
+    import hashlib
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return {}
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        if param.requires_grad:
+            digest.update(name.encode())
+            digest.update(param.detach().float().cpu().numpy().tobytes())
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, digest.hexdigest())
+    return {"rank_weight_checksums": gathered}
+
+
+def _batching_stats(trainer) -> dict:
+    """Padding fraction of the training batches, measured by collating one epoch (no model calls)."""
+    collator = trainer.data_collator
+    if not hasattr(collator, "stats"):
+        return {}
+    collator.real_tokens = collator.token_slots = 0
+    for _ in trainer.get_train_dataloader():
+        pass
+    return collator.stats()
 
 
 def _final_metrics(trainer, eval_ds) -> dict:
@@ -196,4 +243,8 @@ def _final_metrics(trainer, eval_ds) -> dict:
             last = trainer.evaluate()
         metrics.update({k: v for k, v in last.items() if k.startswith("eval_") and isinstance(v, (int, float))})
         metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
+        first = next((r for r in history if "eval_loss" in r and r.get("step") == 0), None)
+        if first is not None:  # eval_before: the untrained model on the same held-out data
+            metrics["before_eval_loss"] = first["eval_loss"]
+            metrics["before_eval_perplexity"] = math.exp(min(first["eval_loss"], 50))
     return metrics

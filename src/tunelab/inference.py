@@ -52,7 +52,7 @@ def load(run_or_model: str | Path) -> Loaded:
         raise TunelabError(f"run {path} has not finished (no summary.json); resume it with `tunelab train ... --resume`")
     cfg = load_config(path / "config.yaml")
     stage, method = STAGES[cfg.stage.name], METHODS[cfg.method.name]
-    base, tokenizer = load_model(cfg.model, stage.MODEL_KIND)
+    base, tokenizer = stage.build_model(cfg)  # e.g. a classifier with the run's labels
     if (path / "tokenizer").exists():
         from transformers import AutoTokenizer
 

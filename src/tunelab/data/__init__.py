@@ -21,7 +21,13 @@ class Examples:
 def load_file(source: str, data_format: str = "auto", fields: dict | None = None, split: str = "train",
               system_prompt: str | None = None) -> tuple[str, list[dict]]:
     """Read, map and normalise every row of one source -> (format, examples)."""
-    rows = [map_fields(row, fields or {}) for row in read_rows(source, split)]
+    raw = read_rows(source, split)
+    absent = {canonical: column for canonical, column in (fields or {}).items() if column not in raw[0]}
+    if absent:  # a typo in data.fields would otherwise surface as a confusing "field missing"
+        canonical, column = next(iter(absent.items()))
+        raise TunelabError(f"data {source}: data.fields maps '{canonical}' to column '{column}', which is not in "
+                           f"the data (columns: {', '.join(sorted(raw[0]))})")
+    rows = [map_fields(row, fields or {}) for row in raw]
     fmt = detect_format(rows[0], source) if data_format == "auto" else data_format
     if fmt not in FORMATS:
         raise TunelabError(f"unknown data format '{fmt}'; choose from: {', '.join(FORMATS)}")

@@ -39,6 +39,10 @@ def _read_file(path: Path) -> list[dict]:
         return _read_jsonl(path)
     if kind == "json":
         return _read_json(path)
+    if kind == "csv":
+        with path.open(errors="replace") as handle:
+            if sum(1 for line in handle if line.strip()) <= 1:  # datasets' own error here is cryptic
+                raise TunelabError(f"data file {path} has no rows (only a header)")
     return _read_with_datasets(path, kind)
 
 

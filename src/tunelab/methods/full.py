@@ -22,4 +22,24 @@ def save(model, run_dir: Path) -> None:
 
 
 def load(model, run_dir: Path, cfg: Config):
-    return type(model).from_pretrained(run_dir / "model", dtype=model.dtype)
+    # Copy the weights into the model the stage built rather than from_pretrained: a stage may
+    # have changed its structure (classify: an MLP head, a weight-free pooler) beyond config.json.
+    from safetensors.torch import load_file
+
+    from ..errors import TunelabError
+
+    files = sorted((run_dir / "model").glob("*.safetensors"))
+    if not files:
+        raise TunelabError(f"run {run_dir} has no model/*.safetensors to load")
+    state = {key: value for file in files for key, value in load_file(str(file)).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    loaded = {param.data_ptr() for name, param in model.state_dict().items() if name in state}
+    untied = [name for name in missing if model.state_dict()[name].data_ptr() not in loaded]  # tied weights are fine
+    if unexpected or untied:
+        raise TunelabError(f"run {run_dir}: saved weights do not match the model "
+                           f"(e.g. {(unexpected or untied)[0]!r})")
+    return model
+
+
+def merge(model):
+    return model  # already a plain transformers model

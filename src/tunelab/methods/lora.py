@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..errors import TunelabError
+from . import _peft
 from .base import MethodConfig
 
 
@@ -22,12 +22,8 @@ class Config(MethodConfig):
     use_rslora: bool = Field(False, description="rsLoRA: scale by alpha/sqrt(r), stabler at high rank.")
 
 
-def _task_type(model) -> str:
-    return "CAUSAL_LM" if type(model).__name__.endswith("ForCausalLM") else "SEQ_CLS"
-
-
 def apply(model, cfg: Config):
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
 
     peft_cfg = LoraConfig(
         r=cfg.r,
@@ -36,28 +32,17 @@ def apply(model, cfg: Config):
         target_modules=cfg.target_modules,
         use_dora=cfg.use_dora,
         use_rslora=cfg.use_rslora,
-        task_type=_task_type(model),
+        task_type=_peft.task_type(model),
     )
-    try:
-        return get_peft_model(model, peft_cfg)
-    except ValueError as exc:
-        if "not found" in str(exc) or "match" in str(exc):
-            names = sorted({n.split(".")[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
-            raise TunelabError(
-                f"method.target_modules={cfg.target_modules!r} matches no module of the model; "
-                f"linear layers are: {', '.join(names)}"
-            ) from None
-        raise
+    return _peft.wrap(model, peft_cfg)
 
 
 def save(model, run_dir: Path) -> None:
-    model.save_pretrained(run_dir / "adapter")
+    _peft.save(model, run_dir)
 
 
 def load(model, run_dir: Path, cfg: Config):
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(model, run_dir / "adapter")
+    return _peft.load(model, run_dir)
 
 
 def merge(model):

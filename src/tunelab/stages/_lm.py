@@ -1,52 +1,174 @@
-"""Pieces shared by the causal-LM stages (pretrain, sft): batching and the next-token loss."""
+"""Pieces shared by the causal-LM stages (pretrain, sft): packing, batching and the next-token loss."""
 from __future__ import annotations
+
+import bisect
+import contextlib
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..data.tokenize import IGNORE
+from ..errors import TunelabError
+
+LOSS_CHUNK = 1024  # positions per LM-head chunk: bounds the (chunk, vocab) logits alive at once
+
+
+# --------------------------------------------------------------------------- packing
+
+
+def pack_examples(examples: list[dict], max_length: int) -> list[dict]:
+    """Best-fit-decreasing packing of tokenised examples into rows of at most max_length tokens.
+
+    Each packed row carries position_ids that restart at 0 for every example; with no
+    attention_mask, transformers builds a block-diagonal causal mask from them, so attention
+    stays inside each example. An example's first label is masked: it would otherwise be
+    "predicted" from the previous example's last token.
+    """
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
+    bins: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (space left, bin index), kept sorted for best-fit lookup
+    for i in order:
+        size = len(examples[i]["input_ids"])
+        slot = bisect.bisect_left(free, (size, -1))
+        if slot < len(free):
+            space, b = free.pop(slot)
+            bins[b].append(i)
+            bisect.insort(free, (space - size, b))
+        else:
+            bins.append([i])
+            bisect.insort(free, (max_length - size, len(bins) - 1))
+    packed = []
+    for members in bins:
+        row = {"input_ids": [], "labels": [], "position_ids": []}
+        for i in members:
+            ids, labels = examples[i]["input_ids"], examples[i]["labels"]
+            row["input_ids"] += ids
+            row["labels"] += [IGNORE] + labels[1:]
+            row["position_ids"] += list(range(len(ids)))
+        packed.append(row)
+    return packed
+
+
+def finish_datasets(train: list[dict], eval_: list[dict], train_cfg, dropped: int, source: str):
+    if not train:
+        raise TunelabError(
+            f"data {source}: train.max_length={train_cfg.max_length} is too small for any example "
+            f"({dropped} examples had no trainable tokens left after truncation)"
+        )
+    if train_cfg.packing:
+        return pack_examples(train, train_cfg.max_length), pack_examples(eval_, train_cfg.max_length)
+    return train, eval_
+
+
+# --------------------------------------------------------------------------- batching
 
 
 class PadCollator:
-    """Right-pad input_ids/labels of a list of examples into a batch."""
+    """Right-pad examples into a batch; packed rows get position_ids and no attention_mask.
+
+    Counts real vs padded token slots so a run can report its padding fraction.
+    """
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
+        self.real_tokens = 0
+        self.token_slots = 0
 
     def __call__(self, examples: list[dict]) -> dict:
         width = max(len(e["input_ids"]) for e in examples)
+        packed = "position_ids" in examples[0]
         input_ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-        attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+        mask = torch.zeros((len(examples), width), dtype=torch.long)
+        positions = torch.zeros((len(examples), width), dtype=torch.long)
         for row, example in enumerate(examples):
             n = len(example["input_ids"])
             input_ids[row, :n] = torch.tensor(example["input_ids"])
             labels[row, :n] = torch.tensor(example["labels"])
-            attention_mask[row, :n] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+            mask[row, :n] = 1
+            if packed:
+                positions[row, :n] = torch.tensor(example["position_ids"])
+                positions[row, n:] = torch.arange(width - n)  # padding: its own (ignored) segment
+        self.real_tokens += int(mask.sum())
+        self.token_slots += mask.numel()
+        if packed:
+            return {"input_ids": input_ids, "position_ids": positions, "labels": labels}
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+    def stats(self) -> dict:
+        pad = 1 - self.real_tokens / self.token_slots if self.token_slots else 0.0
+        return {"padding_fraction": round(pad, 4), "batched_tokens": self.real_tokens}
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def _unwrap(model):
+    while hasattr(model, "module"):  # DDP / accelerate wrappers
+        model = model.module
+    return model
+
+
+@contextlib.contextmanager
+def _hidden_states_as_logits(head: torch.nn.Module):
+    """Make the LM head an identity for one forward, so the model returns (B, T, H) hidden states."""
+    original = head.forward
+    head.forward = lambda hidden: hidden
+    try:
+        yield
+    finally:
+        head.forward = original
+
+
+def _chunk_ce(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = hidden @ weight.t()  # (chunk, V); autocast makes it bf16 where enabled
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+
+def chunked_lm_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sum of cross-entropy over positions, computing (chunk, vocab) logits one chunk at a time.
+
+    Each chunk is checkpointed: backward recomputes its logits instead of keeping them, so
+    peak memory is O(chunk x vocab) rather than O(tokens x vocab).
+    """
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.size(0), LOSS_CHUNK):
+        h, t = hidden[start : start + LOSS_CHUNK], targets[start : start + LOSS_CHUNK]
+        if torch.is_grad_enabled():
+            total = total + checkpoint(_chunk_ce, h, weight, t, use_reentrant=False)
+        else:
+            total = total + _chunk_ce(h, weight, t)
+    return total
 
 
 def causal_lm_loss(model, batch: dict, num_items_in_batch=None):
-    """Next-token cross-entropy over labelled positions.
+    """Next-token cross-entropy over labelled positions only, never materialising full logits.
 
     Summed and divided by the number of loss-bearing tokens in the whole (accumulated)
     batch when the Trainer provides it, so gradient accumulation matches one big batch.
     """
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    outputs = model(**inputs)
-    logits = outputs.logits[:, :-1, :]  # (B, T-1, V): position t predicts token t+1
+    # use_cache=False: with a KV cache present transformers ignores packed position_ids.
+    inputs = {**{k: v for k, v in batch.items() if k != "labels"}, "use_cache": False}
     targets = batch["labels"][:, 1:]
-    loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
-                               ignore_index=IGNORE, reduction="sum")
-    denominator = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE).sum()
-    return loss_sum / torch.clamp(torch.as_tensor(denominator, device=loss_sum.device), min=1), outputs
+    keep = targets != IGNORE  # (B, T-1)
+    head = _unwrap(model).get_output_embeddings()
+    if type(head) is torch.nn.Linear and head.bias is None:
+        with _hidden_states_as_logits(head):
+            outputs = model(**inputs)
+        hidden = outputs.logits[:, :-1][keep]  # (N, H): only positions that carry loss
+        loss_sum = chunked_lm_loss_sum(hidden, head.weight, targets[keep])
+    else:  # an adapted/odd LM head: plain full-logits path
+        outputs = model(**inputs)
+        logits = outputs.logits[:, :-1][keep]
+        loss_sum = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    denominator = num_items_in_batch if num_items_in_batch is not None else keep.sum()
+    denominator = torch.clamp(torch.as_tensor(denominator, device=loss_sum.device), min=1)
+    return loss_sum / denominator, outputs
 
 
-def check_not_empty(train: list, eval_: list, max_length: int, dropped: int, source: str) -> None:
-    from ..errors import TunelabError
+def build_lm(cfg):
+    """The base causal LM and tokenizer a generative stage trains."""
+    from ..models import CAUSAL_LM, load_model
 
-    if not train:
-        raise TunelabError(
-            f"data {source}: train.max_length={max_length} is too small for any example "
-            f"({dropped} examples had no response tokens left after truncation)"
-        )
+    return load_model(cfg.model, CAUSAL_LM)

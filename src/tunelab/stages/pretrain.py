@@ -6,7 +6,7 @@ from typing import Literal
 from ..data import load_examples
 from ..data.tokenize import encode_text
 from ..models import CAUSAL_LM
-from ._lm import PadCollator, causal_lm_loss, check_not_empty
+from ._lm import PadCollator, build_lm, causal_lm_loss, finish_datasets
 from .base import StageConfig
 
 
@@ -26,13 +26,13 @@ def build_datasets(cfg, tokenizer) -> tuple[list[dict], list[dict]]:
     def encode(rows):
         return [window for row in rows for window in encode_text(tokenizer, row["text"], max_length)]
 
-    train, eval_ = encode(examples.train), encode(examples.eval)
-    check_not_empty(train, eval_, max_length, len(examples.train), cfg.data.train)
-    return train, eval_
+    return finish_datasets(encode(examples.train), encode(examples.eval), cfg.train, len(examples.train),
+                           cfg.data.train)
 
 
 def collate(tokenizer):
     return PadCollator(tokenizer.pad_token_id)
 
 
+build_model = build_lm
 compute_loss = causal_lm_loss

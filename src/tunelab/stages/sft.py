@@ -6,7 +6,7 @@ from typing import Literal
 from ..data import load_examples
 from ..data.tokenize import encode_chat
 from ..models import CAUSAL_LM
-from ._lm import PadCollator, causal_lm_loss, check_not_empty
+from ._lm import PadCollator, build_lm, causal_lm_loss, finish_datasets
 from .base import StageConfig
 
 
@@ -28,12 +28,12 @@ def build_datasets(cfg, tokenizer) -> tuple[list[dict], list[dict]]:
         return [e for e in encoded if e is not None], sum(e is None for e in encoded)
 
     (train, dropped), (eval_, _) = encode(examples.train), encode(examples.eval)
-    check_not_empty(train, eval_, max_length, dropped, cfg.data.train)
-    return train, eval_
+    return finish_datasets(train, eval_, cfg.train, dropped, cfg.data.train)
 
 
 def collate(tokenizer):
     return PadCollator(tokenizer.pad_token_id)
 
 
+build_model = build_lm
 compute_loss = causal_lm_loss

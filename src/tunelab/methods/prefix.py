@@ -1,0 +1,53 @@
+"""Prefix tuning (Li & Liang 2021) through peft: trained key/value vectors prepended in every layer.
+
+Checked with transformers 5 llama: peft hands the prefix to the model as a ``DynamicCache``
+holding ``num_virtual_tokens`` positions per layer, in training and in ``generate`` (tests
+compare cached generation with an uncached greedy loop).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from ..errors import TunelabError
+from . import _peft
+from .base import MethodConfig
+
+
+class Config(MethodConfig):
+    name: Literal["prefix"] = "prefix"
+    num_virtual_tokens: int = Field(20, ge=1, description="Prefix length: key/value positions added in every layer.")
+    prefix_projection: bool = Field(
+        False, description="Reparameterise the prefix through a 2-layer MLP while training (Li & Liang 2021, sec. 4.3)."
+    )
+    encoder_hidden_size: int | None = Field(
+        None, ge=1, description="Hidden size of that MLP (default: the model's hidden size)."
+    )
+
+
+def apply(model, cfg: Config):
+    from peft import PrefixTuningConfig
+
+    if cfg.encoder_hidden_size is not None and not cfg.prefix_projection:
+        raise TunelabError("method.encoder_hidden_size applies only with method.prefix_projection=true")
+    width = cfg.encoder_hidden_size
+    if cfg.prefix_projection and width is None:
+        width = model.config.get_text_config().hidden_size  # peft has no default MLP width
+    peft_cfg = PrefixTuningConfig(
+        task_type=_peft.task_type(model),
+        num_virtual_tokens=cfg.num_virtual_tokens,
+        prefix_projection=cfg.prefix_projection,
+        encoder_hidden_size=width,
+    )
+    return _peft.wrap(model, peft_cfg)
+
+
+def save(model, run_dir: Path) -> None:
+    # With prefix_projection peft saves the MLP's output, so the loaded prefix needs no MLP.
+    _peft.save(model, run_dir)
+
+
+def load(model, run_dir: Path, cfg: Config):
+    return _peft.load(model, run_dir)

@@ -1,0 +1,48 @@
+"""`tunelab data inspect`: format, row count, token stats and the ⟦ ⟧-marked trained span."""
+from __future__ import annotations
+
+import re
+import statistics
+
+from tunelab.data.inspect import inspect_data
+
+
+def _chat_lengths(tokenizer, rows):
+    lengths = []
+    for row in rows:
+        chat = [{"role": "user", "content": row["instruction"]}, {"role": "assistant", "content": row["response"]}]
+        lengths.append(len(tokenizer(tokenizer.apply_chat_template(chat, tokenize=False),
+                                     add_special_tokens=False)["input_ids"]))
+    return lengths
+
+
+def test_inspect_cli_on_instruction_data(cli, synthetic_data, tiny_tokenizer):
+    from conftest import SYNTHETIC_ROWS
+
+    path = synthetic_data("dolly")  # SYNTHETIC
+    rc, out, err = cli("data", "inspect", path, "--model", "tiny-llama")
+    assert rc == 0, err
+    assert re.search(r"^format:\s+instruction$", out, re.M)
+    assert re.search(r"^rows:\s+8$", out, re.M)
+    stats = re.search(r"^tokens:\s+min (\d+)\s+median (\d+)\s+p95 (\d+)\s+max (\d+)", out, re.M)
+    assert stats, out
+    lengths = _chat_lengths(tiny_tokenizer, SYNTHETIC_ROWS["dolly"])
+    low, median, p95, high = map(int, stats.groups())
+    assert (low, high) == (min(lengths), max(lengths))
+    assert low <= median <= p95 <= high and median == int(statistics.median(lengths))
+    # Exactly one marked span: the first row's reply and its end-of-turn marker, nothing of the prompt.
+    example = out.split("carry loss):\n", 1)[1]
+    assert example.count("⟦") == 1 and example.count("⟧") == 1
+    assert example.endswith("<|im_start|>user\nWhat colour is the sky?<|im_end|>\n<|im_start|>assistant\n"
+                            "⟦It is blue.<|im_end|>\n⟧\n")
+
+
+def test_inspect_other_formats(synthetic_data, tiny_tokenizer):
+    text = inspect_data(str(synthetic_data("text")), tiny_tokenizer)  # SYNTHETIC
+    assert text["format"] == "text" and text["example"].startswith("⟦The colour of the sky")
+    cls = inspect_data(str(synthetic_data("classification", ".csv")), tiny_tokenizer)
+    assert cls["format"] == "classification" and cls["labels"] == {"0": 4, "1": 4}
+    pref = inspect_data(str(synthetic_data("preference", ".parquet")), tiny_tokenizer)
+    assert pref["format"] == "preference" and pref["rows"] == 8 and "CHOSEN: Blue." in pref["example"]
+    chat = inspect_data(str(synthetic_data("sharegpt")), tiny_tokenizer)
+    assert chat["format"] == "messages" and "⟦Blue.<|im_end|>\n⟧" in chat["example"]
