@@ -36,13 +36,11 @@ METHODS: dict[str, tuple[dict, float]] = {
 
 
 def run_config(name: str, args) -> dict:
-    from tunelab.config import TrainConfig
-
     method, lr = METHODS[name]
     train = {"max_steps": args.steps, "batch_size": args.batch_size, "max_length": args.max_length, "lr": lr,
-             "warmup_ratio": 0.1, "logging_steps": 1, "save_steps": 0, "eval_batch_size": 8, "seed": 0}
-    if "eval_before" in TrainConfig.model_fields:
-        train["eval_before"] = False  # only the final eval matters here
+             "warmup_ratio": 0.1, "logging_steps": 1, "save_steps": 0, "eval_batch_size": 8, "seed": 0,
+             "packing": False,  # the same examples per step for every method (prefix/prompt cannot pack)
+             "eval_before": False}  # only the final eval matters here
     return {"name": f"bench-{name}", "model": args.model, "stage": "sft", "method": method,
             "data": {"train": str(DATA), "eval_fraction": 0.1}, "train": train, "output_dir": args.output_dir}
 

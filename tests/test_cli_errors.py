@@ -59,6 +59,10 @@ def test_required_field_missing_names_field_and_row(train_cli, tmp_path, out_dir
     assert_no_run_left(out_dir)
 
 
+def test_missing_config_file(cli, tmp_path):
+    assert_user_error(*cli("train", tmp_path / "nope.yaml"), "config file not found", "nope.yaml")
+
+
 def test_bad_yaml(cli, tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("model: tiny-llama\nstage: sft\nmethod: [lora\n")

@@ -170,3 +170,14 @@ def test_examples_exist():
 def test_shipped_config_validates(path):
     cfg = load_config(path)
     assert cfg.model and cfg.data.train
+
+
+def test_shorthand_override_after_dotted_keys_keeps_them_and_still_checks_them(tmp_path):
+    from tunelab.config import load_config
+    from tunelab.errors import TunelabError
+
+    base = {"model": "tiny-llama", "stage": "sft", "method": "full", "data": {"train": "x.jsonl"}}
+    cfg = load_config(base, ["method.r=8", "method=lora"])
+    assert cfg.method.name == "lora" and cfg.method.r == 8
+    with pytest.raises(TunelabError, match="alpah"):
+        load_config(base, ["method.alpah=3", "method=lora"])

@@ -100,7 +100,14 @@ def _new_head(hidden: int, num_labels: int, head: str, head_hidden: int | None, 
 def build_classifier(spec: str, labels: list[str], head: str = "linear", pooling: str = "auto",
                      head_hidden: int | None = None, head_dropout: float = 0.1):
     """(model, tokenizer): ``spec``'s backbone with the given pooling and a new head for ``labels``."""
-    model, tokenizer = load_model(spec, SEQ_CLS, num_labels=len(labels))
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the head is new by design: no "newly initialized" report
+    try:
+        model, tokenizer = load_model(spec, SEQ_CLS, num_labels=len(labels))
+    finally:
+        hf_logging.set_verbosity(verbosity)
     model.config.id2label = dict(enumerate(labels))
     model.config.label2id = {label: i for i, label in enumerate(labels)}
     mode = resolve_pooling(model, pooling)

@@ -154,6 +154,58 @@ def merge(
     print(merge_run(run, out))
 
 
+
+@app.command("eval")
+def eval_(
+    run: Path = typer.Argument(..., help="Finished run directory (trained or `tunelab zeroshot`)."),
+    data: List[str] = typer.Option(..., "--data", help="Test set NAME=FILE (repeatable), e.g. --data email=e.jsonl."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Two labels: predict the positive class when P >= T."),
+    positive: Optional[str] = typer.Option(None, "--positive", help="Two labels: the positive class (default: 2nd in sorted order)."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    max_rows: Optional[int] = typer.Option(None, "--max-rows", min=1, help="Score only the first N rows of each file."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables."),
+):
+    """Score RUN on named test sets side by side; writes RUN/eval/<name>.json (+ confusion PNG)."""
+    from .evaluate import evaluate, format_report, parse_data_args
+
+    result = evaluate(run, parse_data_args(data), threshold=threshold, positive=positive,
+                      batch_size=batch_size, max_rows=max_rows)
+    print(json.dumps(result, indent=2) if as_json else format_report(result))
+
+
+@app.command()
+def zeroshot(
+    model: str = typer.Option(..., "--model", help="Instruct model: bundled name, model dir or Hub id."),
+    labels: str = typer.Option(..., "--labels", help="Comma-separated labels as in the data, e.g. spam,ham."),
+    out: Path = typer.Option(..., "--out", help="Run directory to create."),
+    label_word: Optional[List[str]] = typer.Option(None, "--label-word", help="LABEL=WORD the model answers with (repeatable)."),
+    instruction: Optional[str] = typer.Option(None, "--instruction", help="User instruction; {choices} lists the words."),
+    max_length: int = typer.Option(256, "--max-length", min=8, help="Message tokens kept."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing directory."),
+):
+    """Create a zero-shot baseline run (no training) that `tunelab eval` scores like any run."""
+    from pydantic import ValidationError
+
+    from .zeroshot import ZeroShotConfig, create_run
+
+    words = {}
+    for item in label_word or []:
+        if "=" not in item:
+            raise TunelabError(f"--label-word {item}: expected LABEL=WORD")
+        key, word = item.split("=", 1)
+        words[key.strip()] = word.strip()
+    settings = {"model": model, "labels": [x.strip() for x in labels.split(",") if x.strip()],
+                "label_words": words, "max_length": max_length}
+    if instruction:
+        settings["instruction"] = instruction
+    try:
+        cfg = ZeroShotConfig(**settings)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise TunelabError(f"--{err['loc'][0]}: {err['msg']}") from None
+    print(create_run(out, cfg, overwrite=overwrite))
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:

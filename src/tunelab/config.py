@@ -163,7 +163,11 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
             child = {}
         node[part] = child
         node = child
-    node[parts[-1]] = value
+    last = parts[-1]
+    if node is raw and last in ("method", "stage") and isinstance(value, str) and isinstance(node.get(last), dict):
+        node[last]["name"] = value  # `method=lora` after `method.r=8` names the section, keeping its options
+    else:
+        node[last] = value
 
 
 def _section_class(cls, field: str, raw_section: Any):

@@ -100,6 +100,15 @@ def _make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, quie
                 loss = loss * self.accelerator.num_processes  # DDP averages; num_items was a global sum
             return (loss, outputs) if return_outputs else loss
 
+        def _track_num_input_tokens(self, inputs):
+            # Packed rows carry no attention_mask, and the stock fallback (input_ids != pad id) also
+            # drops every real EOS when pad == EOS (SmolLM2): count up to each row's padding instead.
+            if "attention_mask" in inputs or "position_ids" not in inputs:
+                return super()._track_num_input_tokens(inputs)
+            real = _packed_real_tokens(inputs["input_ids"], inputs["position_ids"], tokenizer.pad_token_id)
+            real = torch.as_tensor(real, device=self.args.device, dtype=torch.int64)
+            self.state.num_input_tokens_seen += self.accelerator.gather(real).sum().item()
+
     return StageTrainer(
         model=model,
         args=_training_arguments(cfg, run_dir, bool(eval_ds), quiet),
@@ -109,6 +118,27 @@ def _make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, quie
         processing_class=tokenizer,
         callbacks=[MetricsLogger()],
     )
+
+
+def _packed_real_tokens(input_ids: torch.Tensor, position_ids: torch.Tensor, pad_id: int) -> int:
+    """Non-padding tokens in packed rows: padding is a row's trailing all-pad segment (positions restart at 0)."""
+    total = 0
+    for ids, positions in zip(input_ids.tolist(), position_ids.tolist()):
+        last = max(i for i, p in enumerate(positions) if p == 0)  # start of the row's last segment
+        total += last if last > 0 and all(t == pad_id for t in ids[last:]) else len(ids)
+    return total
+
+
+def _unpacked_if_needed(cfg: RunConfig, method) -> RunConfig:
+    """A method that cannot keep packed examples apart (it declares PACKING_UNSUPPORTED) trains unpacked."""
+    reason = getattr(method, "PACKING_UNSUPPORTED", None)
+    if reason is None or not cfg.train.packing:
+        return cfg
+    if "packing" in cfg.train.model_fields_set:
+        raise TunelabError(f"train.packing=true does not work with method {cfg.method.name} ({reason}); "
+                           "set train.packing=false")
+    _log(f"note: method {cfg.method.name} trains without packing ({reason})")
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"packing": False})})
 
 
 def _check_resumable(cfg: RunConfig, run_dir: Path) -> None:
@@ -127,6 +157,7 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | None = N
     """Run one fine-tuning job as the config says; return the run directory."""
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
     stage, method = STAGES[cfg.stage.name], METHODS[cfg.method.name]
+    cfg = _unpacked_if_needed(cfg, method)
     run_dir = cfg.run_dir
     main = is_main_process()
     # Only rank 0 judges/changes the run directory; other ranks just follow it.

@@ -1,7 +1,10 @@
 """Export a finished run as a plain transformers model, the method folded into the weights."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+
+import torch
 
 from .config import load_config
 from .errors import TunelabError
@@ -25,8 +28,28 @@ def merge_run(run_dir: str | Path, out_dir: str | Path) -> Path:
         raise TunelabError(f"method '{name}' of run {run_dir} cannot be merged into plain weights "
                            f"(mergeable: {mergeable}); load the run with tunelab.load instead")
     loaded = load(run_dir)
-    model = merge(loaded.model)
+    model = merge(loaded.model).eval()
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    loaded.tokenizer.save_pretrained(out_dir)
+    try:
+        model.save_pretrained(out_dir, safe_serialization=True)
+        loaded.tokenizer.save_pretrained(out_dir)
+        _check_reloads_identically(model, loaded.tokenizer, out_dir, run_dir)
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     return out_dir
+
+
+@torch.no_grad()
+def _check_reloads_identically(model, tokenizer, out_dir: Path, run_dir: Path) -> None:
+    """Stock transformers must rebuild the same model from ``out_dir`` (a stage may have changed
+    the architecture beyond what config.json can say, e.g. a weight-free pooler or an MLP head)."""
+    import transformers
+
+    reloaded = getattr(transformers, type(model).__name__).from_pretrained(out_dir, dtype=model.dtype).eval()
+    probe = tokenizer(["tunelab merge: does the export reproduce the run?"], return_tensors="pt")
+    probe = {k: v.to(model.device) for k, v in probe.items() if k in ("input_ids", "attention_mask")}
+    expected, got = model(**probe).logits, reloaded.to(model.device)(**probe).logits
+    if got.shape != expected.shape or not torch.allclose(got, expected, atol=1e-4, rtol=1e-4):
+        raise TunelabError(f"run {run_dir}: the merged model cannot be written as a plain {type(model).__name__} "
+                           "(stock transformers reloads it with different outputs, e.g. a custom pooler or MLP head)")

@@ -36,7 +36,10 @@ def check_writable(directory: Path) -> None:
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
-    checkpoints = sorted((Path(run_dir) / "checkpoints").glob("checkpoint-*"),
+    """The newest complete checkpoint (Trainer writes trainer_state.json last; a run killed mid-save
+    leaves a checkpoint without it, which cannot be resumed)."""
+    checkpoints = sorted((p for p in (Path(run_dir) / "checkpoints").glob("checkpoint-*")
+                          if (p / "trainer_state.json").is_file()),
                          key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
     return checkpoints[-1] if checkpoints else None
 

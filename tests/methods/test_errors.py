@@ -47,3 +47,14 @@ def test_library_bad_method_options(config, method, named):
     raw["method"] = method
     with pytest.raises(TunelabError, match=named.replace("(", r"\(")):
         train(raw, quiet=True)
+
+
+def test_method_that_cannot_pack_refuses_explicit_packing_and_unpacks_by_default(config):
+    import yaml
+
+    raw = yaml.safe_load(config.read_text())
+    raw["method"] = {"name": "prefix", "num_virtual_tokens": 4}
+    with pytest.raises(TunelabError, match=r"train.packing=true does not work with method prefix"):
+        train({**raw, "train": {**raw["train"], "packing": True}}, quiet=True)
+    run_dir = train(raw, quiet=True)  # packing left at its default: the engine turns it off
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["packing"] is False

@@ -73,3 +73,45 @@ def test_merge_of_a_method_without_merge_is_an_error(cli_run, tmp_path):
     rc, _, err = run_cli("merge", run_dir, tmp_path / "merged")
     assert rc == 2 and err.strip().splitlines()[-1].startswith("error: method 'prefix'"), err[-2000:]
     assert not (tmp_path / "merged").exists()
+
+
+def test_merge_refuses_a_model_transformers_would_rebuild_differently(tmp_path):
+    from torch import nn
+
+    from tunelab.errors import TunelabError
+    from tunelab.export import _check_reloads_identically
+    from tunelab.models import SEQ_CLS, load_model
+
+    model, tokenizer = load_model("tiny-bert", SEQ_CLS, num_labels=2)
+    model.save_pretrained(tmp_path / "plain")
+    _check_reloads_identically(model.eval(), tokenizer, tmp_path / "plain", tmp_path)  # stock: fine
+    model.bert.pooler.activation = nn.Identity()  # a change config.json cannot express
+    model.save_pretrained(tmp_path / "custom")
+    with pytest.raises(TunelabError, match="cannot be written as a plain BertForSequenceClassification"):
+        _check_reloads_identically(model.eval(), tokenizer, tmp_path / "custom", tmp_path)
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-bert"])
+def test_merged_classifier_is_faithful_or_refused(tmp_path, model):
+    """A classify run either merges into a model stock transformers reloads with the run's outputs,
+    or merge refuses with a one-line error and leaves nothing behind."""
+    from transformers import AutoModelForSequenceClassification
+
+    import tunelab
+    from tunelab.errors import TunelabError
+    from tunelab.export import merge_run
+
+    data = write_rows(tmp_path / "labels.jsonl", SYNTHETIC_ROWS["classification"])
+    config = tiny_config("classify", "lora", data, tmp_path / "runs", max_steps=1, max_length=32)
+    run_dir = tunelab.train({**config, "model": model}, quiet=True)
+    try:
+        out = merge_run(run_dir, tmp_path / "merged")
+    except TunelabError as exc:
+        assert "cannot be written as a plain" in str(exc)
+        assert not (tmp_path / "merged").exists()
+        return
+    loaded = tunelab.load(run_dir)
+    ids = loaded.tokenizer(["I love snow."], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(AutoModelForSequenceClassification.from_pretrained(out)(**ids).logits,
+                                   loaded.model(**ids).logits, atol=1e-4, rtol=1e-4)

@@ -5,7 +5,8 @@ A method module exposes:
   - ``apply(model, cfg) -> model``: make the model trainable the method's way;
   - ``save(model, run_dir)``: write the trained weights into the run directory;
   - ``load(model, run_dir, cfg) -> model``: rebuild the trained model on a fresh base;
-  - optionally ``merge(model) -> model``: fold the method into plain base weights.
+  - optionally ``merge(model) -> model``: fold the method into plain base weights;
+  - optionally ``PACKING_UNSUPPORTED = "why"``: the engine then trains on unpacked rows.
 The training engine never asks which method it holds.
 """
 from __future__ import annotations

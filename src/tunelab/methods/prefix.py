@@ -16,6 +16,11 @@ from . import _peft
 from .base import MethodConfig
 
 
+# Packed rows rely on transformers' position_ids-based block mask, which it skips when a KV cache
+# (here: the prefix) is present, so packed examples would attend to each other.
+PACKING_UNSUPPORTED = "with a prefix in the KV cache transformers cannot keep packed examples apart"
+
+
 class Config(MethodConfig):
     name: Literal["prefix"] = "prefix"
     num_virtual_tokens: int = Field(20, ge=1, description="Prefix length: key/value positions added in every layer.")

@@ -20,6 +20,10 @@ from . import _peft
 from .base import MethodConfig
 
 
+# peft drops position_ids for prompt tuning, and the virtual tokens would only lead a packed row.
+PACKING_UNSUPPORTED = "peft ignores position_ids for prompt tuning and prepends the prompt once per row"
+
+
 class Config(MethodConfig):
     name: Literal["prompt"] = "prompt"
     num_virtual_tokens: int = Field(20, ge=1, description="Trained embeddings prepended to every input.")
