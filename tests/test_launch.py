@@ -31,3 +31,18 @@ def test_bad_config_fails_once_before_any_process_starts(tiny_run_config, cli):
     assert rc == 2
     assert err.strip().splitlines() == ["error: " + err.strip().split("error: ", 1)[1]]
     assert "train.epochs" in err
+
+
+def test_deepspeed_and_fsdp_settings_reach_the_trainer(tmp_path):
+    from tunelab.config import TrainConfig
+    from tunelab.engine import _scale_out_arguments
+    from tunelab.errors import TunelabError
+
+    ds = tmp_path / "ds.json"
+    ds.write_text("{}")
+    assert _scale_out_arguments(TrainConfig(deepspeed=str(ds))) == {"deepspeed": str(ds)}
+    assert _scale_out_arguments(TrainConfig(fsdp="full_shard auto_wrap")) == {"fsdp": "full_shard auto_wrap",
+                                                                               "fsdp_config": {}}
+    assert _scale_out_arguments(TrainConfig()) == {}
+    with pytest.raises(TunelabError, match="train.deepspeed"):
+        _scale_out_arguments(TrainConfig(deepspeed=str(tmp_path / "missing.json")))

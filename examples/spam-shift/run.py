@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(METHODS), help="Comma-separated methods (default: %(default)s).")
     parser.add_argument("--model", default=None, help="Backbone instead of the configs' minilm-l6 (e.g. smollm2-135m).")
     parser.add_argument("--no-zeroshot", action="store_true", help="Skip the zero-shot baseline.")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="Extra config override for every run (repeatable), e.g. --set train.lr=1e-3.")
     parser.add_argument("--output-dir", default="runs/spam-shift", help="Where the runs go (default: %(default)s).")
     args = parser.parse_args(argv)
 
@@ -79,26 +81,29 @@ def main(argv: list[str] | None = None) -> int:
     profile_name = "full" if args.full else "fast"
     profile = PROFILES[profile_name]
     out = Path(args.output_dir)
-    overrides = profile["overrides"] + [f"output_dir={out}"] + ([f"model={args.model}"] if args.model else [])
+    overrides = profile["overrides"] + [f"output_dir={out}"] + ([f"model={args.model}"] if args.model else []) + args.set
     started = time.time()
     rows = []
 
     def score(run_dir: Path, max_rows) -> dict:
         return evaluate(run_dir, TEST_SETS, max_rows=max_rows)
 
+    def progress(message: str) -> None:
+        print(f"[{time.time() - started:6.0f}s] {message}", file=sys.stderr, flush=True)
+
     try:
         if not args.no_zeroshot:
-            print("zero-shot baseline ...", file=sys.stderr, flush=True)
+            progress("zero-shot baseline ...")
             zs_cfg = ZeroShotConfig(**ZEROSHOT, max_length=profile["zeroshot_tokens"])
             run = create_run(out / "zeroshot", zs_cfg, overwrite=True)
             summary = json.loads((run / "summary.json").read_text())
             rows.append(_row("zero-shot", f"none ({zs_cfg.model})", summary, score(run, profile["zeroshot_rows"])))
         for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-            print(f"{method}: train on email ...", file=sys.stderr, flush=True)
+            progress(f"{method}: train on email ...")
             email_run = train(HERE / f"email-{method}.yaml", overrides, overwrite=True, quiet=True)
             summary = json.loads((email_run / "summary.json").read_text())
             rows.append(_row(method, "email", summary, score(email_run, profile["test_rows"])))
-            print(f"{method}: continue on 200 SMS ...", file=sys.stderr, flush=True)
+            progress(f"{method}: continue on 200 SMS ...")
             sms_run = train(HERE / f"sms-{method}.yaml", overrides + [f"init_from={email_run}"], overwrite=True, quiet=True)
             summary = json.loads((sms_run / "summary.json").read_text())
             rows.append(_row(method, "email + 200 sms", summary, score(sms_run, profile["test_rows"])))

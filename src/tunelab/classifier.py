@@ -86,7 +86,7 @@ def resolve_pooling(model, pooling: str) -> str:
         return "last" if kind == DECODER else "mean"
     allowed = ("last",) if kind == DECODER else ("mean", "cls")
     if pooling not in allowed:
-        raise TunelabError(f"stage.pooling={pooling} does not apply to a {kind} model; use: auto, {', '.join(allowed)}")
+        raise TunelabError(f"stage.pooling={pooling} does not apply to {kind} models; use: auto, {', '.join(allowed)}")
     return pooling
 
 

@@ -206,6 +206,38 @@ def zeroshot(
     print(create_run(out, cfg, overwrite=overwrite))
 
 
+@app.command()
+def score(
+    run: Path = typer.Argument(..., help="Finished reward run directory."),
+    prompt: str = typer.Option(..., "--prompt", help="The prompt (plain text or an HH 'Human:/Assistant:' transcript)."),
+    response: str = typer.Option(..., "--response", help="The response to score."),
+):
+    """Print the reward that reward run RUN gives RESPONSE to PROMPT."""
+    from .stages.reward import score as reward_score
+
+    print(f"{reward_score(run, prompt, response):.6f}")
+
+
+@app.command()
+def feedback(
+    prompts: Path = typer.Option(..., "--prompts", help="Prompts: .txt (one per line) or .jsonl/.json/.csv with a 'prompt' field."),
+    out: Path = typer.Option(..., "--out", help="Directory for preference.jsonl, rating.jsonl and judgements.jsonl."),
+    responses: Optional[Path] = typer.Option(None, "--responses", help="Rows {prompt, response, model?}: two per prompt."),
+    model: Optional[List[str]] = typer.Option(None, "--model", help="Run dir or model to generate with: once (two samples) or twice."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (default: this machine only)."),
+    port: int = typer.Option(8765, "--port", min=0, max=65535, help="Port (0: any free port)."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
+):
+    """Serve a local page to compare and rate pairs of responses; judgements append to OUT."""
+    from .feedback import FeedbackApp, Generator, read_prompts, read_responses, serve
+
+    if (responses is None) == (not model):
+        raise TunelabError("give either --responses FILE or --model (once or twice), not both or neither")
+    generator = Generator(list(model), max_new_tokens) if model else None
+    app_ = FeedbackApp(read_prompts(prompts), out, read_responses(responses) if responses else None, generator)
+    serve(app_, host, port)
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:

@@ -14,7 +14,7 @@ from .methods import METHODS
 from .schema import StrictModel
 from .stages import STAGES
 
-DataFormat = Literal["auto", "text", "instruction", "messages", "classification", "preference"]
+DataFormat = Literal["auto", "text", "instruction", "messages", "classification", "preference", "rating"]
 
 
 class DataConfig(StrictModel):
@@ -57,6 +57,13 @@ class TrainConfig(StrictModel):
     packing: bool = Field(
         True, description="pretrain/sft: pack several examples per row (attention kept per example) to cut padding."
     )
+    deepspeed: str | None = Field(
+        None, description="GPU clusters: path to a DeepSpeed JSON config, passed to the Trainer (see docs/distributed.md)."
+    )
+    fsdp: str | None = Field(
+        None, description="GPU clusters: FSDP mode for the Trainer, e.g. 'full_shard auto_wrap' (see docs/distributed.md)."
+    )
+    fsdp_config: dict | None = Field(None, description="Extra FSDP options passed to the Trainer (fsdp_config).")
     eval_before: bool = Field(True, description="Evaluate once before training, so every run reports before/after.")
 
 

@@ -73,7 +73,21 @@ def _training_arguments(cfg: RunConfig, run_dir: Path, has_eval: bool, quiet: bo
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         train_sampling_strategy="group_by_length",  # batches of similar length: less padding
+        **_scale_out_arguments(t),
     )
+
+
+def _scale_out_arguments(t) -> dict:
+    """DeepSpeed / FSDP settings, only when asked for (they need GPUs and, for DeepSpeed, its package)."""
+    extra = {}
+    if t.deepspeed:
+        if not Path(t.deepspeed).is_file():
+            raise TunelabError(f"train.deepspeed: config file not found: {t.deepspeed}")
+        extra["deepspeed"] = t.deepspeed
+    if t.fsdp:
+        extra["fsdp"] = t.fsdp
+        extra["fsdp_config"] = t.fsdp_config or {}
+    return extra
 
 
 def _make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, quiet):
@@ -90,15 +104,24 @@ def _make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, quie
                 record["eval_perplexity"] = math.exp(min(record["eval_loss"], 50))
             rundir.append_jsonl(run_dir / "metrics.jsonl", record)
 
+    # A stage whose loss needs state (a frozen reference, a reward model) builds it once here;
+    # such a loss may also report numbers beyond the loss via pop_metrics(training) -> dict.
+    loss_fn = stage.make_loss(cfg, model, tokenizer) if hasattr(stage, "make_loss") else stage.compute_loss
+
     class StageTrainer(Trainer):
         """transformers' Trainer, with the loss supplied by the stage module."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss, outputs = stage.compute_loss(model, inputs, num_items_in_batch)
+            loss, outputs = loss_fn(model, inputs, num_items_in_batch)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None \
                     and self.model_accepts_loss_kwargs:
                 loss = loss * self.accelerator.num_processes  # DDP averages; num_items was a global sum
             return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs, *args, **kwargs):
+            if hasattr(loss_fn, "pop_metrics"):  # evaluate() logs eval_loss; training logs loss
+                logs.update(loss_fn.pop_metrics(training="eval_loss" not in logs))
+            super().log(logs, *args, **kwargs)
 
         def _track_num_input_tokens(self, inputs):
             # Packed rows carry no attention_mask, and the stock fallback (input_ids != pad id) also

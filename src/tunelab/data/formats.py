@@ -6,16 +6,19 @@ Canonical examples:
   messages        {"messages": [{"role", "content"}, ...]}   (OpenAI; ShareGPT from/value is converted)
   classification  {"text": str, "label": str}
   preference      {"prompt": str, "chosen": str, "rejected": str}
+  rating          {"prompt": str, "response": str, "score": float}   (score in RATING_RANGE)
 """
 from __future__ import annotations
 
 from ..errors import TunelabError
 
-FORMATS = ("text", "instruction", "messages", "classification", "preference")
+FORMATS = ("text", "instruction", "messages", "classification", "preference", "rating")
+RATING_RANGE = (1, 5)  # the scale people use on the feedback page
 
 # Required canonical fields per format, in detection order (most specific first).
 REQUIRED = {
     "preference": ("prompt", "chosen", "rejected"),
+    "rating": ("prompt", "response", "score"),
     "messages": ("messages",),
     "instruction": ("instruction", "response"),
     "classification": ("text", "label"),
@@ -61,6 +64,20 @@ def _text(row: dict, key: str, fmt: str, where: str, allow_empty: bool = False) 
     return value
 
 
+def _score(row: dict, where: str) -> float:
+    value = row.get("score")
+    low, high = RATING_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TunelabError(f"{where}: field 'score' must be a number {low}..{high}, got {value!r}")
+    try:
+        score = float(value)
+    except ValueError:
+        raise TunelabError(f"{where}: field 'score' must be a number {low}..{high}, got {value!r}") from None
+    if not low <= score <= high:
+        raise TunelabError(f"{where}: field 'score' is {value!r}, outside the rating range {low}..{high}")
+    return score
+
+
 def _messages(row: dict, where: str) -> list[dict]:
     raw = row.get("messages")
     if not isinstance(raw, list) or not raw:
@@ -93,7 +110,13 @@ def normalise(row: dict, fmt: str, where: str, system_prompt: str | None = None)
             raise TunelabError(f"{where}: field 'label' is missing (format 'classification')")
         return {"text": _text(row, "text", fmt, where), "label": str(row["label"]).strip()}
     if fmt == "preference":
-        return {key: _text(row, key, fmt, where, allow_empty=key == "prompt") for key in REQUIRED["preference"]}
+        pair = {key: _text(row, key, fmt, where, allow_empty=key == "prompt") for key in REQUIRED["preference"]}
+        if pair["chosen"].strip() == pair["rejected"].strip():
+            raise TunelabError(f"{where}: fields 'chosen' and 'rejected' are identical (format 'preference')")
+        return pair
+    if fmt == "rating":
+        return {"prompt": _text(row, "prompt", fmt, where, allow_empty=True),
+                "response": _text(row, "response", fmt, where), "score": _score(row, where)}
     if fmt == "instruction":
         instruction = _text(row, "instruction", fmt, where)
         context = row.get("context")

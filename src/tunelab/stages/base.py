@@ -9,7 +9,10 @@ A stage module exposes:
     the config alone (called after ``build_datasets``, and again by ``tunelab.load``);
   - ``collate(tokenizer)``: a collator turning examples into a batch;
   - ``compute_loss(model, batch) -> (loss, outputs)``: how a batch becomes a loss;
-  - ``KEY_METRIC``: the metric name shown by ``tunelab runs``.
+  - ``KEY_METRIC``: the metric name shown by ``tunelab runs``;
+  - optionally ``make_loss(cfg, model, tokenizer) -> loss_fn``: a loss with state (a frozen
+    reference, a reward model; dpo, rlhf), used instead of ``compute_loss``; it may offer
+    ``pop_metrics(training) -> dict`` to log more than the loss (accuracy, reward, KL, ...).
 """
 from __future__ import annotations
 

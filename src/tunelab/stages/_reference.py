@@ -1,0 +1,101 @@
+"""The frozen reference policy of DPO and RLHF, and the log-probabilities both need.
+
+With a peft method (LoRA, IA3, prefix, ...) the reference is the policy itself with its adapter
+switched off (peft's ``disable_adapter``): no second copy of the weights. With ``full`` every
+weight trains, so the reference must be a frozen copy made before the first step.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..data.tokenize import IGNORE
+from ..errors import TunelabError
+
+CAUSAL_STAGES = ("sft", "pretrain", "dpo", "rlhf")  # runs whose model can start a policy
+
+
+def _unwrap(model):
+    while hasattr(model, "module"):  # DDP / accelerate wrappers
+        model = model.module
+    return model
+
+
+class Reference:
+    """Computes outputs of the policy as it was before training."""
+
+    def __init__(self, policy):
+        policy = _unwrap(policy)
+        self.shares_weights = hasattr(policy, "disable_adapter")  # a peft model
+        if self.shares_weights:
+            self.model = policy
+        else:
+            self.model = copy.deepcopy(policy).eval()
+            for param in self.model.parameters():
+                param.requires_grad_(False)
+
+    @contextlib.contextmanager
+    def active(self):
+        """Inside: ``self.model`` behaves as the reference (adapter off, no gradients)."""
+        with torch.no_grad():
+            if self.shares_weights:
+                was_training = self.model.training
+                self.model.eval()  # adapter dropout off
+                try:
+                    with self.model.disable_adapter():
+                        yield self.model
+                finally:
+                    self.model.train(was_training)
+            else:
+                yield self.model
+
+
+def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                   position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum of log p(token) over labelled positions of each row: (B, T) -> (B,)."""
+    extra = {"position_ids": position_ids} if position_ids is not None else {}
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra).logits[:, :-1]  # (B, T-1, V)
+    targets = labels[:, 1:]  # (B, T-1)
+    nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                          ignore_index=IGNORE, reduction="none").view(targets.shape)
+    return -nll.sum(dim=1)
+
+
+def check_policy_run(run_dir: str | Path, model: str) -> None:
+    """``stage.policy`` must be a finished causal-LM run on the same base model."""
+    from ..config import load_config
+    from ..models import resolve
+
+    path = Path(run_dir)
+    if not (path / "config.yaml").is_file() or not (path / "summary.json").is_file():
+        raise TunelabError(f"stage.policy: {path} is not a finished run directory (needs config.yaml and summary.json)")
+    prev = load_config(path / "config.yaml")
+    if prev.stage.name not in CAUSAL_STAGES:
+        raise TunelabError(f"stage.policy: run {path} is a {prev.stage.name} run; a policy must be a "
+                           f"language-model run ({', '.join(CAUSAL_STAGES)})")
+    if prev.model != model and resolve(prev.model) != resolve(model):
+        raise TunelabError(f"stage.policy: run {path} was trained from model '{prev.model}', this run uses '{model}'")
+
+
+def build_policy(cfg):
+    """(model, tokenizer): the base causal LM, or ``stage.policy``'s run with its method merged in."""
+    from ..methods import METHODS
+    from ..models import CAUSAL_LM, load_model
+
+    if not cfg.stage.policy:
+        return load_model(cfg.model, CAUSAL_LM)
+    from ..inference import load
+
+    check_policy_run(cfg.stage.policy, cfg.model)
+    loaded = load(cfg.stage.policy)
+    merge = getattr(METHODS[loaded.config.method.name], "merge", None)
+    if merge is None:
+        raise TunelabError(f"stage.policy: run {cfg.stage.policy} used method '{loaded.config.method.name}', "
+                           "which cannot be merged into plain weights; train the policy with lora or full")
+    model = merge(loaded.model)
+    model.train()
+    return model, loaded.tokenizer

@@ -1,0 +1,129 @@
+"""Stage `dpo`: Direct Preference Optimization (Rafailov et al. 2023, eq. 7) on preference pairs.
+
+    loss = -log sigmoid(beta * [(log pi(y_c|x) - log ref(y_c|x)) - (log pi(y_r|x) - log ref(y_r|x))])
+
+Why our own loss on the engine's Trainer rather than TRL's ``DPOTrainer``: the loss is a few
+lines, and DPOTrainer owns what the engine already does — tokenisation, its own peft wrapping,
+model/ref loading, saving and metrics — so using it would mean a second training path that
+bypasses the methods registry and the run directory contract. The loss is tested against the
+plain formula. The reference is the policy with its adapter off for peft methods (no second copy
+of the weights), a frozen copy for ``full`` (see ``_reference``). The policy starts from the base
+model, or from an SFT run (``stage.policy``), which is then also the reference.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from ..data.tokenize import IGNORE
+from ..models import CAUSAL_LM
+from ._pairs import Meter, encode_prompt_response, load_pairs, pad_right
+from ._reference import Reference, build_policy, check_policy_run, sequence_logps
+from .base import StageConfig
+
+
+class Config(StageConfig):
+    name: Literal["dpo"] = "dpo"
+    beta: float = Field(0.1, gt=0, description="Strength of the pull towards the reference (0.1-0.5 typical; smaller: drift further).")
+    policy: str | None = Field(None, description="A finished sft run to start from (merged into the base); also the reference.")
+
+
+MODEL_KIND = CAUSAL_LM
+ACCEPTS = ("preference", "rating")
+KEY_METRIC = "eval_accuracy"
+
+
+def _encode(tokenizer, prompt: str, response: str, max_length: int) -> dict:
+    ids, start = encode_prompt_response(tokenizer, prompt, response, max_length)
+    return {"ids": ids, "start": start}
+
+
+def build_datasets(cfg, tokenizer) -> tuple[list[dict], list[dict]]:
+    """Each example is one pair; ``input_ids`` is the chosen sequence (also read for length-grouping)."""
+    if cfg.stage.policy:
+        check_policy_run(cfg.stage.policy, cfg.model)  # fail before any loading
+    train, eval_ = load_pairs(cfg, "dpo")
+    n = cfg.train.max_length
+
+    def encode(pairs):
+        out = []
+        for p in pairs:
+            chosen, rejected = _encode(tokenizer, p["prompt"], p["chosen"], n), _encode(tokenizer, p["prompt"], p["rejected"], n)
+            out.append({"input_ids": chosen["ids"], "chosen_start": chosen["start"],
+                        "rejected_ids": rejected["ids"], "rejected_start": rejected["start"]})
+        return out
+
+    return encode(train), encode(eval_)
+
+
+build_model = build_policy
+
+
+class PairCollator:
+    """Pairs -> 2B right-padded sequences (rows [0, B) chosen, [B, 2B) rejected); loss only on responses."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[dict]) -> dict:
+        sequences = [e["input_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
+        starts = [e["chosen_start"] for e in examples] + [e["rejected_start"] for e in examples]
+        input_ids, attention_mask = pad_right(sequences, self.pad_token_id)
+        response_labels = input_ids.masked_fill(attention_mask == 0, IGNORE)  # (2B, T)
+        for row, start in enumerate(starts):
+            response_labels[row, :start] = IGNORE
+        # "labels" has one entry per pair, so the Trainer's num_items_in_batch counts pairs.
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "response_labels": response_labels,
+                "labels": torch.zeros(len(examples), dtype=torch.long)}
+
+
+def collate(tokenizer):
+    return PairCollator(tokenizer.pad_token_id)
+
+
+def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float, num_pairs=None):
+    """(loss, chosen_rewards, rejected_rewards); inputs are (B,) summed log-probs of each response.
+
+    The implicit reward of a response is beta * (log pi - log ref).
+    """
+    chosen_rewards = beta * (policy_chosen.float() - ref_chosen.float())  # (B,)
+    rejected_rewards = beta * (policy_rejected.float() - ref_rejected.float())
+    total = -F.logsigmoid(chosen_rewards - rejected_rewards).sum()
+    n = num_pairs if num_pairs is not None else chosen_rewards.numel()
+    loss = total / torch.clamp(torch.as_tensor(n, device=total.device, dtype=total.dtype), min=1)
+    return loss, chosen_rewards.detach(), rejected_rewards.detach()
+
+
+class DPOLoss:
+    def __init__(self, policy, beta: float):
+        self.reference = Reference(policy)
+        self.beta = beta
+        self.meter = Meter()
+
+    def __call__(self, model, batch: dict, num_items_in_batch=None):
+        args = (batch["input_ids"], batch["attention_mask"], batch["response_labels"])
+        policy_chosen, policy_rejected = sequence_logps(model, *args).chunk(2)
+        with self.reference.active() as reference:
+            ref_chosen, ref_rejected = sequence_logps(reference, *args).chunk(2)
+        loss, chosen, rejected = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
+                                          self.beta, num_items_in_batch)
+        training, n = model.training, chosen.numel()
+        self.meter.add(training, "accuracy", (chosen > rejected).sum(), n)
+        self.meter.add(training, "margin", (chosen - rejected).sum(), n)
+        self.meter.add(training, "reward_chosen", chosen.sum(), n)
+        self.meter.add(training, "reward_rejected", rejected.sum(), n)
+        return loss, {"chosen_rewards": chosen, "rejected_rewards": rejected}
+
+    def pop_metrics(self, training: bool) -> dict:
+        return self.meter.pop(training, prefix="" if training else "eval_")
+
+
+def make_loss(cfg, model, tokenizer):
+    return DPOLoss(model, cfg.stage.beta)
+
+
+def compute_loss(model, batch: dict, num_items_in_batch=None):
+    raise NotImplementedError("dpo needs a reference model: the engine builds its loss with make_loss()")

@@ -1,0 +1,108 @@
+"""Stage `dpo`: loss parity with the paper's formula, reference = policy with adapter off, CLI runs."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import SYNTHETIC_ROWS, tiny_config, write_config, write_rows
+from tunelab.config import load_config
+from tunelab.methods import lora
+from tunelab.models import load_model, load_tokenizer
+from tunelab.stages import dpo, _reference
+
+
+def test_dpo_loss_matches_plain_formula():
+    g = torch.Generator().manual_seed(0)
+    pc, pr, rc, rr = (torch.randn(5, generator=g) * 3 for _ in range(4))
+    beta = 0.2
+    expected = []
+    for a, b, c, d in zip(pc.tolist(), pr.tolist(), rc.tolist(), rr.tolist()):
+        z = beta * ((a - c) - (b - d))
+        expected.append(-math.log(1 / (1 + math.exp(-z))))
+    loss, chosen, rejected = dpo.dpo_loss(pc, pr, rc, rr, beta)
+    assert loss.item() == pytest.approx(sum(expected) / 5, rel=1e-6)
+    assert torch.allclose(chosen, beta * (pc - rc)) and torch.allclose(rejected, beta * (pr - rr))
+
+
+def _pair_batch(tokenizer):
+    examples = [{"input_ids": ids, "chosen_start": s, "rejected_ids": rids, "rejected_start": rs}
+                for (ids, s), (rids, rs) in [
+                    (dpo.encode_prompt_response(tokenizer, "What colour is snow?", "White.", 64),
+                     dpo.encode_prompt_response(tokenizer, "What colour is snow?", "I don't know.", 64))]]
+    return dpo.PairCollator(tokenizer.pad_token_id)(examples)
+
+
+def test_lora_reference_shares_the_policy_weights_and_is_the_base():
+    model, tokenizer = load_model("tiny-llama")
+    base_params = sum(p.numel() for p in model.parameters())
+    batch = _pair_batch(tokenizer)
+    args = (batch["input_ids"], batch["attention_mask"], batch["response_labels"])
+    with torch.no_grad():
+        base_logps = _reference.sequence_logps(model.eval(), *args)
+    policy = lora.apply(model, lora.Config(r=4, alpha=8, dropout=0.0))
+    with torch.no_grad():  # move the policy away from the base
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    loss_fn = dpo.make_loss(_cfg(), policy, tokenizer)
+    ref = loss_fn.reference
+    assert ref.shares_weights and ref.model is policy  # no second model object
+    policy_storage = {p.data_ptr() for p in policy.parameters()}
+    assert {p.data_ptr() for p in ref.model.parameters()} <= policy_storage
+    extra = sum(p.numel() for p in policy.parameters()) - base_params
+    assert extra < 0.1 * base_params  # policy + reference together: base + small LoRA, not 2x base
+    with ref.active() as reference:
+        ref_logps = _reference.sequence_logps(reference, *args)
+    with torch.no_grad():
+        policy_logps = _reference.sequence_logps(policy, *args)
+    assert torch.allclose(ref_logps, base_logps, atol=1e-5)
+    assert not torch.allclose(policy_logps, base_logps, atol=1e-3)
+    loss, _ = loss_fn(policy.train(), batch)
+    assert torch.isfinite(loss)
+
+
+def test_full_reference_is_a_frozen_copy():
+    model, tokenizer = load_model("tiny-llama")
+    ref = _reference.Reference(model)
+    assert not ref.shares_weights and ref.model is not model
+    assert all(not p.requires_grad for p in ref.model.parameters())
+
+
+def _cfg():
+    return load_config({"model": "tiny-llama", "stage": "dpo", "method": "lora", "data": {"train": "x.jsonl"}})
+
+
+def _train(cli, tmp_path, method="lora", name="dpo", stage=None, **train):
+    data = write_rows(tmp_path / "pref.jsonl", SYNTHETIC_ROWS["preference"])
+    cfg = tiny_config("dpo", method, data, tmp_path / "runs", **train)
+    cfg.update(name=name, stage=stage or {"name": "dpo"})
+    return cli("train", write_config(tmp_path / f"{name}.yaml", cfg), "--quiet")
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_dpo_end_to_end_from_cli(cli, tmp_path, method):
+    rc, out, err = _train(cli, tmp_path, method, eval_before=True)
+    assert rc == 0, err[-3000:]
+    run = Path(out.strip().splitlines()[-1])
+    metrics = json.loads((run / "summary.json").read_text())["metrics"]
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and "eval_margin" in metrics
+    rc, out, err = cli("generate", run, "What colour is snow?", "--max-new-tokens", "4")
+    assert rc == 0, err[-2000:]
+
+
+def test_dpo_from_an_sft_policy(cli, tmp_path, trained_run):
+    rc, out, err = _train(cli, tmp_path, "lora", stage={"name": "dpo", "policy": str(trained_run("sft", "lora"))})
+    assert rc == 0, err[-3000:]
+
+
+def test_dpo_policy_must_be_a_language_model_run(cli, tmp_path):
+    rows = [{"prompt": "q", "chosen": "a", "rejected": "b"}] * 4
+    data = write_rows(tmp_path / "p.jsonl", rows)
+    rm_cfg = tiny_config("reward", "lora", data, tmp_path / "runs")
+    rm_cfg["name"] = "rm"
+    rc, out, err = cli("train", write_config(tmp_path / "rm.yaml", rm_cfg), "--quiet")
+    assert rc == 0, err[-2000:]
+    rc, out, err = _train(cli, tmp_path, stage={"name": "dpo", "policy": out.strip().splitlines()[-1]})
+    assert rc == 2 and err.startswith("error:") and "is a reward run" in err

@@ -1,0 +1,69 @@
+"""Stage `rlhf`: RLOO advantages, an end-to-end CLI run against a tiny reward model, bad input."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import SYNTHETIC_ROWS, tiny_config, write_config, write_rows
+from tunelab.stages import rlhf
+
+
+def test_rloo_advantage_is_leave_one_out():
+    returns = torch.tensor([[1.0, 2.0, 6.0], [0.0, 0.0, 3.0]])
+    expected = torch.tensor([[1 - 4.0, 2 - 3.5, 6 - 1.5], [0 - 1.5, 0 - 1.5, 3 - 0.0]])
+    assert torch.allclose(rlhf.rloo_advantages(returns), expected)
+
+
+@pytest.fixture(scope="module")
+def reward_run(tmp_path_factory):
+    from conftest import run_cli
+
+    root = tmp_path_factory.mktemp("rm")
+    data = write_rows(root / "pref.jsonl", SYNTHETIC_ROWS["preference"])
+    cfg = tiny_config("reward", "lora", data, root / "runs", max_steps=2)
+    cfg["name"] = "rm"
+    rc, out, err = run_cli("train", write_config(root / "rm.yaml", cfg), "--quiet")
+    assert rc == 0, err[-3000:]
+    return Path(out.strip().splitlines()[-1])
+
+
+def _rlhf(cli, tmp_path, stage, method="lora", name="rl", **train):
+    data = write_rows(tmp_path / "prompts.jsonl", SYNTHETIC_ROWS["preference"])
+    cfg = tiny_config("rlhf", method, data, tmp_path / "runs", **train)
+    cfg.update(name=name, stage={"name": "rlhf", "samples_per_prompt": 2, "max_new_tokens": 6, **stage})
+    return cli("train", write_config(tmp_path / f"{name}.yaml", cfg), "--quiet")
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_rlhf_end_to_end_from_cli(cli, tmp_path, reward_run, method):
+    rc, out, err = _rlhf(cli, tmp_path, {"reward_model": str(reward_run)}, method, max_steps=2, eval_before=True)
+    assert rc == 0, err[-3000:]
+    run = Path(out.strip().splitlines()[-1])
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r and "reward" in r]
+    assert steps and all({"reward", "kl", "response_length"} <= set(r) for r in steps)
+    metrics = json.loads((run / "summary.json").read_text())["metrics"]
+    assert {"eval_reward", "eval_ref_reward", "eval_win_rate", "eval_kl"} <= set(metrics)
+    before = next(r for r in records if r.get("step") == 0 and "eval_reward" in r)
+    assert before["eval_win_rate"] == 0.5 and before["eval_reward"] == pytest.approx(before["eval_ref_reward"])
+
+
+def test_rlhf_without_a_reward_model_is_one_line_error(cli, tmp_path):
+    rc, out, err = _rlhf(cli, tmp_path, {})
+    assert rc == 2 and err.startswith("error:") and "stage.reward_model is not set" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_rlhf_reward_model_must_be_a_reward_run(cli, tmp_path, trained_run):
+    rc, out, err = _rlhf(cli, tmp_path, {"reward_model": str(trained_run("sft", "lora"))})
+    assert rc == 2 and err.startswith("error:") and "stage.reward_model" in err and "not a reward model" in err
+
+
+@pytest.mark.parametrize("name", ["sft", "reward", "rlhf", "dpo"])
+def test_example_configs_validate(name):
+    from conftest import EXAMPLES_DIR
+    from tunelab.config import load_config
+
+    cfg = load_config(EXAMPLES_DIR / "rlhf" / f"{name}.yaml")
+    assert cfg.stage.name == name and cfg.model == "smollm2-135m"
