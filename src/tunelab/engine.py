@@ -100,7 +100,7 @@ def _make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, quie
             if not state.is_world_process_zero or not logs:
                 return
             record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
-            if "eval_loss" in record:
+            if "eval_loss" in record and getattr(stage, "LOSS_IS_NLL", False):
                 record["eval_perplexity"] = math.exp(min(record["eval_loss"], 50))
             rundir.append_jsonl(run_dir / "metrics.jsonl", record)
 
@@ -214,7 +214,7 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | None = N
         started = time.time()
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         train_seconds = time.time() - started
-        metrics = _final_metrics(trainer, eval_ds)
+        metrics = _final_metrics(trainer, eval_ds, getattr(stage, "LOSS_IS_NLL", False))
         batching = _batching_stats(trainer)
         distributed = _rank_checksums(model)
     except BaseException:
@@ -287,7 +287,11 @@ def _batching_stats(trainer) -> dict:
     return collator.stats()
 
 
-def _final_metrics(trainer, eval_ds) -> dict:
+def _final_metrics(trainer, eval_ds, loss_is_nll: bool) -> dict:
+    """Final eval metrics, plus the same metrics before training (eval_before) as before_eval_*.
+
+    Perplexity (exp of the eval loss) only for stages whose loss is a per-token NLL.
+    """
     history = trainer.state.log_history
     train_losses = [r["train_loss"] for r in history if "train_loss" in r]
     metrics = {"train_loss": train_losses[-1]} if train_losses else {}
@@ -296,9 +300,12 @@ def _final_metrics(trainer, eval_ds) -> dict:
         if last is None or last.get("step") != trainer.state.global_step:
             last = trainer.evaluate()
         metrics.update({k: v for k, v in last.items() if k.startswith("eval_") and isinstance(v, (int, float))})
-        metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
         first = next((r for r in history if "eval_loss" in r and r.get("step") == 0), None)
         if first is not None:  # eval_before: the untrained model on the same held-out data
-            metrics["before_eval_loss"] = first["eval_loss"]
-            metrics["before_eval_perplexity"] = math.exp(min(first["eval_loss"], 50))
+            metrics.update({f"before_{k}": v for k, v in first.items()
+                            if k.startswith("eval_") and "runtime" not in k and "per_second" not in k})
+        if loss_is_nll:
+            for prefix in ("", "before_"):
+                if f"{prefix}eval_loss" in metrics:
+                    metrics[f"{prefix}eval_perplexity"] = math.exp(min(metrics[f"{prefix}eval_loss"], 50))
     return metrics

@@ -10,6 +10,7 @@ A stage module exposes:
   - ``collate(tokenizer)``: a collator turning examples into a batch;
   - ``compute_loss(model, batch) -> (loss, outputs)``: how a batch becomes a loss;
   - ``KEY_METRIC``: the metric name shown by ``tunelab runs``;
+  - optionally ``LOSS_IS_NLL = True``: the eval loss is a per-token NLL, so runs report perplexity;
   - optionally ``make_loss(cfg, model, tokenizer) -> loss_fn``: a loss with state (a frozen
     reference, a reward model; dpo, rlhf), used instead of ``compute_loss``; it may offer
     ``pop_metrics(training) -> dict`` to log more than the loss (accuracy, reward, KL, ...).

@@ -17,6 +17,7 @@ class Config(StageConfig):
 MODEL_KIND = CAUSAL_LM
 ACCEPTS = ("text",)
 KEY_METRIC = "eval_perplexity"
+LOSS_IS_NLL = True  # eval loss is a per-token negative log-likelihood: exp(loss) is perplexity
 
 
 def build_datasets(cfg, tokenizer) -> tuple[list[dict], list[dict]]:
