@@ -105,7 +105,7 @@ def main() -> None:
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         parser.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-    rows = []
+    rows, load_before = [], os.getloadavg()[0]  # other work on the machine inflates s/step: say how much
     for name in names:
         started = time.time()
         command = [sys.executable, __file__, "--one", name, "--steps", str(args.steps), "--batch-size",
@@ -121,7 +121,8 @@ def main() -> None:
     precision = next((r["precision"] for r in rows if "precision" in r), "?")
     print(f"{time.strftime('%Y-%m-%d')} | {args.model} sft on {DATA.name} | {args.steps} steps, batch "
           f"{args.batch_size}, max_length {args.max_length}, {precision} | {_cpu_name()}, "
-          f"{os.cpu_count()} CPUs, torch {__import__('torch').__version__}")
+          f"{os.cpu_count()} CPUs, torch {__import__('torch').__version__} | "
+          f"load average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end")
     print(table(rows))
 
 
