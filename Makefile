@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean browser
+.PHONY: install demo demo-sft test clean browser
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,13 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# The main job: email -> SMS spam filter under distribution shift (fast profile, ~10 min on 2 cores).
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python examples/demo.py
+	HF_HUB_OFFLINE=1 $(BIN)/python examples/spam-shift/run.py
+
+# LoRA SFT of SmolLM2-135M on real instructions: held-out loss and a generation, before vs after.
+demo-sft: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python examples/sft_demo.py
 
 # Chromium + chromedriver for the feedback page's browser test (Debian packages; needs root, or sudo).
 browser:
