@@ -36,9 +36,14 @@ def save(model, run_dir: Path) -> None:
     model.save_pretrained(run_dir / DIRECTORY)
 
 
-def load(model, run_dir: Path):
+def load(model, run_dir: Path, cfg=None):
     from peft import PeftModel
 
     if not (run_dir / DIRECTORY / "adapter_config.json").is_file():
         raise TunelabError(f"run {run_dir} has no {DIRECTORY}/adapter_config.json to load")
     return PeftModel.from_pretrained(model, run_dir / DIRECTORY)
+
+
+def merge(model):
+    """Fold the adapter into the base weights; a plain transformers model comes back."""
+    return model.merge_and_unload()

@@ -1,7 +1,6 @@
 """(IA)³ (Liu et al. 2022) through peft: learned vectors rescale keys, values and FFN activations."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -33,13 +32,5 @@ def apply(model, cfg: Config):
     return _peft.wrap(model, peft_cfg)
 
 
-def save(model, run_dir: Path) -> None:
-    _peft.save(model, run_dir)
-
-
-def load(model, run_dir: Path, cfg: Config):
-    return _peft.load(model, run_dir)
-
-
-def merge(model):
-    return model.merge_and_unload()
+# Saved/loaded in standard peft format (adapter/), foldable into the base weights.
+save, load, merge = _peft.save, _peft.load, _peft.merge
