@@ -124,6 +124,8 @@ def test_click_through_judgements_in_headless_chromium(server, files, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
 
     url, app = server()
     options = webdriver.ChromeOptions()
@@ -133,6 +135,13 @@ def test_click_through_judgements_in_headless_chromium(server, files, tmp_path):
                  f"--user-data-dir={tmp_path / 'chromium-profile'}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.implicitly_wait(15)  # element lookups wait for the page that a click or refresh loads
+
+    def submit(button_id: str) -> None:
+        """Click a form button and wait until the browser has left the current page."""
+        old_page = driver.find_element(By.TAG_NAME, "html")
+        driver.find_element(By.ID, button_id).click()
+        WebDriverWait(driver, 15).until(expected_conditions.staleness_of(old_page))
     expected = []
     try:
         driver.get(url + "/")
@@ -148,9 +157,8 @@ def test_click_through_judgements_in_headless_chromium(server, files, tmp_path):
                 left, right = driver.find_element(By.ID, "left-text").text, driver.find_element(By.ID, "right-text").text
                 driver.find_element(By.ID, "rate-left-5").click()
                 driver.find_element(By.ID, "rate-right-2").click()
-            driver.find_element(By.ID, action).click()
+            submit(action)
             expected.append((prompt, action, left, right))
-            driver.find_element(By.ID, "progress")  # the next page has loaded
         assert "All 4 items are judged" in driver.find_element(By.ID, "finished").text
     finally:
         driver.quit()
