@@ -166,3 +166,29 @@ def test_resume_after_kill(tmp_path, synthetic_data):
     assert steps.count(1) == 1, f"step 1 was trained twice: the run restarted instead of resuming ({steps})"
     assert 8 in steps
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("amx, precision, expected", [
+    (True, "auto", True), (False, "auto", False), (False, "bf16", True), (True, "fp32", False)])
+def test_auto_precision_uses_bf16_only_where_it_is_faster(monkeypatch, amx, precision, expected):
+    import torch
+
+    from tunelab import engine
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert engine.use_bf16(precision) is expected
+
+
+def test_forcing_bf16_without_hardware_support_is_a_clear_error(monkeypatch):
+    import torch
+
+    from tunelab import engine
+    from tunelab.errors import TunelabError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    with pytest.raises(TunelabError, match="train.precision=bf16"):
+        engine.use_bf16("bf16")

@@ -44,7 +44,7 @@ class TrainConfig(StrictModel):
     max_length: int = Field(512, ge=8, description="Tokens per example; longer examples are truncated.")
     seed: int = Field(42, description="Seed for data order, splits and initialisation.")
     precision: Literal["auto", "bf16", "fp32"] = Field(
-        "auto", description="`auto`: bf16 autocast where the CPU/GPU supports it, else fp32."
+        "auto", description="`auto`: bf16 autocast where it is faster (CUDA with bf16, CPUs with AMX), else fp32."
     )
     scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after warmup.")
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Share of steps spent warming up linearly.")

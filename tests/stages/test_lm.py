@@ -1,6 +1,9 @@
 """Packing and the chunked LM loss: fixed-seed parity against plain reference computations."""
+import pytest
 import torch
 import torch.nn.functional as F
+
+from tunelab import packed_attention
 
 from tunelab.data.tokenize import IGNORE
 from tunelab.models import load_model
@@ -28,8 +31,11 @@ def test_best_fit_decreasing_packs_within_capacity_and_keeps_every_token():
         assert all(row["labels"][i] == IGNORE for i in starts)
 
 
-def test_packed_logits_equal_unpacked_logits():
+@pytest.mark.parametrize("attention", ["sdpa", packed_attention.NAME])
+def test_packed_logits_equal_unpacked_logits(attention):
+    packed_attention.register()
     model, _ = load_model("tiny-llama")
+    model.set_attn_implementation(attention)
     model.eval()
     examples = _examples([12, 7, 5], vocab=model.config.vocab_size)
     packed = _lm.pack_examples(examples, max_length=32)
@@ -48,10 +54,43 @@ def test_packed_logits_equal_unpacked_logits():
             offset += n
 
 
+def test_per_example_attention_matches_the_block_mask_in_logits_and_gradients():
+    """Two packed rows of different layouts, the shorter padded: same loss and grads as stock SDPA."""
+    packed_attention.register()
+    rows = _lm.pack_examples(_examples([14, 11, 9, 6, 5, 3], vocab=500), max_length=24)
+    assert len(rows) >= 2 and len({len(r["input_ids"]) for r in rows}) > 1
+    batch = _lm.PadCollator(pad_token_id=0)(rows)
+    results = {}
+    for attention in ("sdpa", packed_attention.NAME):
+        model, _ = load_model("tiny-llama")
+        model.set_attn_implementation(attention)
+        loss, outputs = _lm.causal_lm_loss(model, batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[attention] = (outputs.logits.detach(), loss.detach(), grads)
+    (h0, l0, g0), (h1, l1, g1) = results.values()
+    torch.testing.assert_close(h1, h0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(l1, l0)
+    assert g0.keys() == g1.keys() and len(g0) > 10
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_sft_models_train_with_per_example_attention(tmp_path):
+    from tunelab.stages import sft
+
+    cfg = type("Cfg", (), {"model": "tiny-llama"})()
+    model, _ = sft.build_model(cfg)
+    assert model.config._attn_implementation == packed_attention.NAME
+
+
 def test_padding_fraction_is_counted():
     collate = _lm.PadCollator(pad_token_id=0)
     collate(_examples([4, 8]))
     assert collate.stats()["padding_fraction"] == 0.25  # 12 real of 16 slots
+    assert collate.stats()["loss_tokens"] == 3 + 6  # the first third of each example carries no loss
+    collate.reset()
+    assert collate.stats() == {"padding_fraction": 0.0, "batched_tokens": 0, "loss_tokens": 0}
 
 
 def _plain_loss(model, batch):
@@ -60,8 +99,9 @@ def _plain_loss(model, batch):
                            ignore_index=IGNORE)
 
 
-def test_chunked_loss_matches_plain_loss_and_gradients(monkeypatch):
-    monkeypatch.setattr(_lm, "LOSS_CHUNK", 7)  # force several chunks
+@pytest.mark.parametrize("chunk", [7, 4096])  # several checkpointed chunks; one kept chunk
+def test_chunked_loss_matches_plain_loss_and_gradients(monkeypatch, chunk):
+    monkeypatch.setattr(_lm, "LOSS_CHUNK", chunk)
     torch.manual_seed(0)
     model, _ = load_model("tiny-llama")
     batch = _lm.PadCollator(pad_token_id=0)(_examples([20, 13, 9], vocab=model.config.vocab_size))

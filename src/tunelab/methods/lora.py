@@ -13,7 +13,7 @@ class Config(MethodConfig):
     name: Literal["lora"] = "lora"
     r: int = Field(16, ge=1, description="Rank of the update matrices.")
     alpha: float = Field(32, gt=0, description="Scaling numerator: the update is scaled by alpha/r.")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch input.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch input (0 as in peft: no extra activation copy).")
     target_modules: str | list[str] = Field(
         "all-linear", description="`all-linear`, or module names/suffixes such as [q_proj, v_proj]."
     )

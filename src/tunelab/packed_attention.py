@@ -1,0 +1,68 @@
+"""Attention for packed rows that never builds a mask: one causal SDPA call per packed example.
+
+Stock transformers turns packed `position_ids` into a dense block-diagonal (T x T) mask, so SDPA
+attends over the whole row (cost ~ T^2) through its masked path, with key/value heads repeated
+for grouped-query attention. Packed examples are independent, so attending within each one
+separately (cost ~ sum of L_i^2) gives the same result with the unmasked causal kernel.
+
+Registered with transformers' AttentionInterface under `NAME`; a model opts in with
+`model.set_attn_implementation(NAME)`. Anything that is not a maskless packed row (padding
+masks, a KV cache during generation) goes to the stock SDPA path, so the switch is always safe.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+NAME = "tunelab_packed_sdpa"
+
+
+def _segments(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
+    """Per row, (start, end) of each packed example: as in transformers' own packing detection,
+    a new one begins wherever the position does not follow on from the previous one."""
+    bounds = []
+    for row in position_ids.tolist():
+        starts = [0] + [i for i in range(1, len(row)) if row[i] != row[i - 1] + 1]
+        bounds.append(list(zip(starts, starts[1:] + [len(row)])))
+    return bounds
+
+
+def packed_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                        is_causal=None, **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    position_ids = kwargs.get("position_ids")
+    if attention_mask is not None or position_ids is None or query.shape[2] != key.shape[2]:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, is_causal=is_causal, **kwargs)
+    groups = query.shape[1] // key.shape[1]  # grouped-query attention: query heads per key head
+    rows = []
+    for b, segments in enumerate(_segments(position_ids.expand(query.shape[0], -1))):
+        parts = [
+            F.scaled_dot_product_attention(
+                query[b : b + 1, :, s:e], key[b : b + 1, :, s:e], value[b : b + 1, :, s:e],
+                dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=groups > 1,
+            )
+            for s, e in segments
+        ]
+        rows.append(torch.cat(parts, dim=2) if len(parts) > 1 else parts[0])
+    out = torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _mask(*args, attention_mask=None, **kwargs):
+    """No mask for maskless packed rows (the forward splits them); the stock SDPA mask otherwise."""
+    from transformers.masking_utils import sdpa_mask
+
+    if attention_mask is None:
+        return None
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+
+
+def register() -> str:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(NAME, packed_sdpa_forward)
+    AttentionMaskInterface.register(NAME, _mask)
+    return NAME
