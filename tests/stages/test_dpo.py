@@ -88,6 +88,11 @@ def test_dpo_end_to_end_from_cli(cli, tmp_path, method):
     run = Path(out.strip().splitlines()[-1])
     metrics = json.loads((run / "summary.json").read_text())["metrics"]
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and "eval_margin" in metrics
+    # Before the first update the policy is the reference: every margin is 0, so the loss is
+    # exactly log 2 per pair — whatever the batch size, if the Trainer counts pairs right.
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    first = next(r for r in records if r["step"] == 1 and "loss" in r)
+    assert first["loss"] == pytest.approx(math.log(2), rel=1e-4)
     rc, out, err = cli("generate", run, "What colour is snow?", "--max-new-tokens", "4")
     assert rc == 0, err[-2000:]
 

@@ -67,3 +67,12 @@ def test_example_configs_validate(name):
 
     cfg = load_config(EXAMPLES_DIR / "rlhf" / f"{name}.yaml")
     assert cfg.stage.name == name and cfg.model == "smollm2-135m"
+
+
+def test_the_trainer_counts_every_prompt_of_a_batch():
+    """Causal-LM Trainers count labels[..., 1:]; per-prompt batches carry shift_labels counted as is."""
+    from tunelab.stages import rlhf
+
+    batch = rlhf.PromptCollator(pad_token_id=0)([{"input_ids": [5, 6, 7], "prompt": "a"},
+                                                 {"input_ids": [8, 9], "prompt": "b"}])
+    assert int(batch["shift_labels"].ne(-100).sum()) == 2

@@ -109,6 +109,20 @@ def load_pairs(cfg, stage_name: str) -> tuple[list[dict], list[dict]]:
     return train, eval_
 
 
+def item_labels(n: int) -> dict:
+    """One dummy label per item (pair or prompt), for a batch whose loss averages over items.
+
+    The Trainer needs "labels" to compute an eval loss, and counts them (num_items_in_batch) so
+    gradient accumulation averages over every item of a step. For causal LMs it counts
+    ``labels[..., 1:]`` (token labels shift), which would drop one item per batch; a
+    ``shift_labels`` entry is counted as is.
+    """
+    import torch
+
+    labels = torch.zeros(n, dtype=torch.long)
+    return {"labels": labels, "shift_labels": labels}
+
+
 def pad_right(sequences: list[list[int]], pad_id: int):
     """Right-pad -> (input_ids, attention_mask), both (B, T)."""
     import torch

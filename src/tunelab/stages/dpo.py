@@ -20,7 +20,7 @@ from pydantic import Field
 
 from ..data.tokenize import IGNORE
 from ..models import CAUSAL_LM
-from ._pairs import Meter, encode_prompt_response, load_pairs, pad_right
+from ._pairs import Meter, encode_prompt_response, item_labels, load_pairs, pad_right
 from ._reference import Reference, build_policy, check_policy_run, sequence_logps
 from .base import StageConfig
 
@@ -75,9 +75,8 @@ class PairCollator:
         response_labels = input_ids.masked_fill(attention_mask == 0, IGNORE)  # (2B, T)
         for row, start in enumerate(starts):
             response_labels[row, :start] = IGNORE
-        # "labels" has one entry per pair, so the Trainer's num_items_in_batch counts pairs.
         return {"input_ids": input_ids, "attention_mask": attention_mask, "response_labels": response_labels,
-                "labels": torch.zeros(len(examples), dtype=torch.long)}
+                **item_labels(len(examples))}  # the Trainer counts pairs per step
 
 
 def collate(tokenizer):

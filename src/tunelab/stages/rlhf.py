@@ -29,7 +29,7 @@ from ..data import load_examples
 from ..data.tokenize import IGNORE
 from ..errors import TunelabError
 from ..models import CAUSAL_LM
-from ._pairs import Meter, encode_prompt
+from ._pairs import Meter, encode_prompt, item_labels
 from ._reference import Reference, _unwrap, build_policy, check_policy_run, sequence_logps
 from .base import StageConfig
 
@@ -89,9 +89,8 @@ class PromptCollator:
             n = len(e["input_ids"])
             ids[row, width - n:] = torch.tensor(e["input_ids"])
             mask[row, width - n:] = 1
-        # "labels": one per prompt, so the Trainer computes an eval loss and counts prompts per step.
         return {"input_ids": ids, "attention_mask": mask, "prompts": [e["prompt"] for e in examples],
-                "labels": torch.zeros(len(examples), dtype=torch.long)}
+                **item_labels(len(examples))}  # the Trainer counts prompts per step
 
 
 def collate(tokenizer):
