@@ -136,14 +136,7 @@ def run_tunelab(args) -> dict:
                   "logging_steps": 5, "eval_before": False},
         "output_dir": str(work / "runs"),
     }
-    for override in args.tunelab_set:  # e.g. train.precision=fp32, for trying options
-        key, value = override.split("=", 1)
-        *parents, leaf = key.split(".")
-        section = config
-        for name in parents:
-            section = section.setdefault(name, {})
-        section[leaf] = json.loads(value) if value[:1].isdigit() else value
-    run_dir = tunelab.train(config, quiet=True)
+    run_dir = tunelab.train(config, args.tunelab_set, quiet=True)  # --tunelab-set: e.g. train.precision=fp32
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"seconds": summary["train_seconds"], "useful_tokens": summary["batched_tokens"],
             "padding": summary["padding_fraction"], "loss_tokens": summary["loss_tokens"],

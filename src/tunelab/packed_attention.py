@@ -17,13 +17,23 @@ import torch.nn.functional as F
 NAME = "tunelab_packed_sdpa"
 
 
+_last_segments: tuple = (None, None)  # (position_ids, segments): every layer gets the same tensor
+
+
 def _segments(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
     """Per row, (start, end) of each packed example: as in transformers' own packing detection,
-    a new one begins wherever the position does not follow on from the previous one."""
+    a new one begins wherever the position does not follow on from the previous one.
+    Computed once per forward; the other layers reuse it."""
+    global _last_segments
+    if _last_segments[0] is position_ids:
+        return _last_segments[1]
+    breaks = position_ids[:, 1:] != position_ids[:, :-1] + 1
+    length = position_ids.shape[1]
     bounds = []
-    for row in position_ids.tolist():
-        starts = [0] + [i for i in range(1, len(row)) if row[i] != row[i - 1] + 1]
-        bounds.append(list(zip(starts, starts[1:] + [len(row)])))
+    for row in breaks:
+        starts = [0] + (row.nonzero().flatten() + 1).tolist()
+        bounds.append(list(zip(starts, starts[1:] + [length])))
+    _last_segments = (position_ids, bounds)
     return bounds
 
 
@@ -37,7 +47,10 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, 
                                       scaling=scaling, is_causal=is_causal, **kwargs)
     groups = query.shape[1] // key.shape[1]  # grouped-query attention: query heads per key head
     rows = []
-    for b, segments in enumerate(_segments(position_ids.expand(query.shape[0], -1))):
+    per_row = _segments(position_ids)
+    if len(per_row) == 1:  # one position row shared by the whole batch
+        per_row = per_row * query.shape[0]
+    for b, segments in enumerate(per_row):
         parts = [
             F.scaled_dot_product_attention(
                 query[b : b + 1, :, s:e], key[b : b + 1, :, s:e], value[b : b + 1, :, s:e],

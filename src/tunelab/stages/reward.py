@@ -17,7 +17,7 @@ from pydantic import Field
 from ..classifier import build_classifier
 from ..errors import TunelabError
 from ..models import SEQ_CLS
-from ._pairs import Meter, encode_prompt_response, load_pairs, pad_right
+from ._pairs import Meter, encode_prompt_response, item_labels, load_pairs, pad_right
 from .base import StageConfig
 
 LABELS = ["reward"]  # one output: the scalar reward
@@ -64,10 +64,8 @@ class PairCollator:
     def __call__(self, examples: list[dict]) -> dict:
         sequences = [e["input_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
         input_ids, attention_mask = pad_right(sequences, self.pad_token_id)
-        # One "label" per pair: the Trainer needs labels to compute an eval loss, and counts them
-        # (num_items_in_batch) so gradient accumulation averages over all pairs of a step.
-        labels = torch.zeros(len(examples), dtype=torch.long)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        return {"input_ids": input_ids, "attention_mask": attention_mask,
+                **item_labels(len(examples))}  # the Trainer counts pairs per step
 
 
 def collate(tokenizer):
