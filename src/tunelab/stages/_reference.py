@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 from pathlib import Path
 
 import torch
@@ -54,12 +55,32 @@ class Reference:
                 yield self.model
 
 
+def _accepts_logits_to_keep(model) -> bool:
+    model = _unwrap(model)
+    if hasattr(model, "get_base_model"):  # peft passes extra keywords through to the base model
+        model = model.get_base_model()
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
 def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                    position_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Sum of log p(token) over labelled positions of each row: (B, T) -> (B,)."""
+    """Sum of log p(token) over labelled positions of each row: (B, T) -> (B,).
+
+    Responses are a fraction of each row, so where the model supports it (``logits_to_keep`` as
+    a boolean mask) the vocabulary projection and softmax run only on the positions that
+    predict a labelled token — the rest of the (B, T, vocab) logits are never built.
+    """
     extra = {"position_ids": position_ids} if position_ids is not None else {}
+    targets = labels[:, 1:]  # (B, T-1): position t predicts token t+1
+    if _accepts_logits_to_keep(model):
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = targets != IGNORE
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                       logits_to_keep=keep, **extra).logits  # (N kept, V)
+        logp = -F.cross_entropy(logits.float(), targets[keep[:, :-1]], reduction="none")  # (N,)
+        rows = keep.nonzero()[:, 0]  # row of each kept position, in the same (row-major) order
+        return torch.zeros(labels.shape[0], dtype=logp.dtype, device=logp.device).index_add(0, rows, logp)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra).logits[:, :-1]  # (B, T-1, V)
-    targets = labels[:, 1:]  # (B, T-1)
     nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                           ignore_index=IGNORE, reduction="none").view(targets.shape)
     return -nll.sum(dim=1)

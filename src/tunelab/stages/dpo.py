@@ -29,6 +29,8 @@ class Config(StageConfig):
     name: Literal["dpo"] = "dpo"
     beta: float = Field(0.1, gt=0, description="Strength of the pull towards the reference (0.1-0.5 typical; smaller: drift further).")
     policy: str | None = Field(None, description="A finished sft run to start from (merged into the base); also the reference.")
+    nll_weight: float = Field(0.0, ge=0, description="Add this times the chosen responses' per-token NLL to the loss "
+                              "(RPO; TRL's rpo_alpha, LLaMA-Factory's pref_ftx): keeps chosen likelihood from falling.")
 
 
 MODEL_KIND = CAUSAL_LM
@@ -56,7 +58,9 @@ def build_datasets(cfg, tokenizer) -> tuple[list[dict], list[dict]]:
                         "rejected_ids": rejected["ids"], "rejected_start": rejected["start"]})
         return out
 
-    return encode(train), encode(eval_)
+    # Eval order does not change the metrics; sorted by length, eval batches carry little padding.
+    eval_examples = sorted(encode(eval_), key=lambda e: max(len(e["input_ids"]), len(e["rejected_ids"])))
+    return encode(train), eval_examples
 
 
 build_model = build_policy
@@ -96,10 +100,17 @@ def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: flo
     return loss, chosen_rewards.detach(), rejected_rewards.detach()
 
 
+def chosen_nll(policy_chosen: torch.Tensor, response_labels: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood per chosen response token (rows [0, B) of the 2B labels)."""
+    tokens = (response_labels[: policy_chosen.numel(), 1:] != IGNORE).sum()
+    return -policy_chosen.float().sum() / tokens.clamp(min=1)
+
+
 class DPOLoss:
-    def __init__(self, policy, beta: float):
+    def __init__(self, policy, beta: float, nll_weight: float = 0.0):
         self.reference = Reference(policy)
         self.beta = beta
+        self.nll_weight = nll_weight
         self.meter = Meter()
 
     def __call__(self, model, batch: dict, num_items_in_batch=None):
@@ -110,6 +121,12 @@ class DPOLoss:
         loss, chosen, rejected = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
                                           self.beta, num_items_in_batch)
         training, n = model.training, chosen.numel()
+        if self.nll_weight:
+            nll = chosen_nll(policy_chosen, batch["response_labels"])
+            # This micro-batch's share of the pairs, as the DPO term is normalised (grad accumulation, DDP).
+            share = n / float(num_items_in_batch) if num_items_in_batch is not None else 1.0
+            loss = loss + self.nll_weight * share * nll
+            self.meter.add(training, "nll", nll.detach() * n, n)
         self.meter.add(training, "accuracy", (chosen > rejected).sum(), n)
         self.meter.add(training, "margin", (chosen - rejected).sum(), n)
         self.meter.add(training, "reward_chosen", chosen.sum(), n)
@@ -121,7 +138,7 @@ class DPOLoss:
 
 
 def make_loss(cfg, model, tokenizer):
-    return DPOLoss(model, cfg.stage.beta)
+    return DPOLoss(model, cfg.stage.beta, cfg.stage.nll_weight)
 
 
 def compute_loss(model, batch: dict, num_items_in_batch=None):
