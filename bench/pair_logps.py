@@ -31,10 +31,7 @@ from tunelab.stages import _reference, dpo  # noqa: E402
 def _batches(tokenizer, args) -> list[dict]:
     rows = [json.loads(line) for line in (REPO / "data/preference/hh_helpful_eval.jsonl").read_text().splitlines()][: args.pairs]
     collate = dpo.PairCollator(tokenizer.pad_token_id)
-    examples = []
-    for row in rows:
-        (c, cs), (r, rs) = (dpo.encode_prompt_response(tokenizer, row["prompt"], row[k], args.max_length) for k in ("chosen", "rejected"))
-        examples.append({"input_ids": c, "chosen_start": cs, "rejected_ids": r, "rejected_start": rs})
+    examples = [dpo.encode_pair(tokenizer, row, args.max_length) for row in rows]
     return [collate(examples[i:i + args.batch]) for i in range(0, len(examples), args.batch)]
 
 

@@ -38,29 +38,20 @@ ACCEPTS = ("preference", "rating")
 KEY_METRIC = "eval_accuracy"
 
 
-def _encode(tokenizer, prompt: str, response: str, max_length: int) -> dict:
-    ids, start = encode_prompt_response(tokenizer, prompt, response, max_length)
-    return {"ids": ids, "start": start}
+def encode_pair(tokenizer, pair: dict, max_length: int) -> dict:
+    """One pair as an example; ``input_ids`` is the chosen sequence (also read for length-grouping)."""
+    (chosen, chosen_start), (rejected, rejected_start) = (
+        encode_prompt_response(tokenizer, pair["prompt"], pair[key], max_length) for key in ("chosen", "rejected"))
+    return {"input_ids": chosen, "chosen_start": chosen_start, "rejected_ids": rejected, "rejected_start": rejected_start}
 
 
 def build_datasets(cfg, tokenizer) -> tuple[list[dict], list[dict]]:
-    """Each example is one pair; ``input_ids`` is the chosen sequence (also read for length-grouping)."""
+    """Each example is one pair (``encode_pair``)."""
     if cfg.stage.policy:
         check_policy_run(cfg.stage.policy, cfg.model)  # fail before any loading
-    train, eval_ = load_pairs(cfg, "dpo")
-    n = cfg.train.max_length
-
-    def encode(pairs):
-        out = []
-        for p in pairs:
-            chosen, rejected = _encode(tokenizer, p["prompt"], p["chosen"], n), _encode(tokenizer, p["prompt"], p["rejected"], n)
-            out.append({"input_ids": chosen["ids"], "chosen_start": chosen["start"],
-                        "rejected_ids": rejected["ids"], "rejected_start": rejected["start"]})
-        return out
-
+    train, eval_ = ([encode_pair(tokenizer, p, cfg.train.max_length) for p in pairs] for pairs in load_pairs(cfg, "dpo"))
     # Eval order does not change the metrics; sorted by length, eval batches carry little padding.
-    eval_examples = sorted(encode(eval_), key=lambda e: max(len(e["input_ids"]), len(e["rejected_ids"])))
-    return encode(train), eval_examples
+    return train, sorted(eval_, key=lambda e: max(len(e["input_ids"]), len(e["rejected_ids"])))
 
 
 build_model = build_policy
