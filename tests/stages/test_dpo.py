@@ -27,11 +27,8 @@ def test_dpo_loss_matches_plain_formula():
 
 
 def _pair_batch(tokenizer):
-    examples = [{"input_ids": ids, "chosen_start": s, "rejected_ids": rids, "rejected_start": rs}
-                for (ids, s), (rids, rs) in [
-                    (dpo.encode_prompt_response(tokenizer, "What colour is snow?", "White.", 64),
-                     dpo.encode_prompt_response(tokenizer, "What colour is snow?", "I don't know.", 64))]]
-    return dpo.PairCollator(tokenizer.pad_token_id)(examples)
+    pair = {"prompt": "What colour is snow?", "chosen": "White.", "rejected": "I don't know."}
+    return dpo.PairCollator(tokenizer.pad_token_id)([dpo.encode_pair(tokenizer, pair, 64)])
 
 
 def test_lora_reference_shares_the_policy_weights_and_is_the_base():
@@ -111,6 +108,12 @@ def test_dpo_policy_must_be_a_language_model_run(cli, tmp_path):
     assert rc == 0, err[-2000:]
     rc, out, err = _train(cli, tmp_path, stage={"name": "dpo", "policy": out.strip().splitlines()[-1]})
     assert rc == 2 and err.startswith("error:") and "is a reward run" in err
+
+
+def test_negative_nll_weight_is_a_one_line_error(cli, tmp_path):
+    rc, out, err = _train(cli, tmp_path, stage={"name": "dpo", "nll_weight": -1})
+    assert rc == 2 and err.startswith("error:") and "stage.nll_weight" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
 
 
 def test_nll_weight_adds_the_chosen_per_token_nll():
