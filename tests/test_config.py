@@ -9,7 +9,7 @@ import yaml
 from conftest import EXAMPLES_DIR
 
 from tunelab.config import RunConfig, load_config
-from tunelab.errors import TunelabError
+from tunelab.core.errors import TunelabError
 
 BASE = {"model": "tiny-llama", "stage": "sft", "method": "full", "data": {"train": "train.jsonl"}}
 
@@ -174,7 +174,7 @@ def test_shipped_config_validates(path):
 
 def test_shorthand_override_after_dotted_keys_keeps_them_and_still_checks_them(tmp_path):
     from tunelab.config import load_config
-    from tunelab.errors import TunelabError
+    from tunelab.core.errors import TunelabError
 
     base = {"model": "tiny-llama", "stage": "sft", "method": "full", "data": {"train": "x.jsonl"}}
     cfg = load_config(base, ["method.r=8", "method=lora"])

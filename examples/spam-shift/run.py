@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from tunelab import TunelabError, train
     from tunelab.evaluate import evaluate
-    from tunelab.zeroshot import ZeroShotConfig, create_run
+    from tunelab.baselines.zeroshot import ZeroShotConfig
+    from tunelab.runs.baseline import create_baseline_run
 
     profile_name = "full" if args.full else "fast"
     profile = PROFILES[profile_name]
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_zeroshot:
             progress("zero-shot baseline ...")
             zs_cfg = ZeroShotConfig(**ZEROSHOT, max_length=profile["zeroshot_tokens"])
-            run = create_run(out / "zeroshot", zs_cfg, overwrite=True)
+            run = create_baseline_run(out / "zeroshot", "zeroshot", zs_cfg, overwrite=True)
             summary = json.loads((run / "summary.json").read_text())
             rows.append(_row("zero-shot", f"none ({zs_cfg.model})", summary, score(run, profile["zeroshot_rows"])))
         for method in [m.strip() for m in args.methods.split(",") if m.strip()]:

@@ -1,8 +1,22 @@
-"""tunelab: adapt pretrained LLMs with every major fine-tuning technique, measured honestly."""
+"""tunelab: adapt pretrained LLMs with every major fine-tuning technique, measured honestly.
+
+``import tunelab`` (and ``tunelab.config``) stays light: ``train``, ``load`` and ``Loaded``
+import torch and the training stack only when first used.
+"""
 from .config import RunConfig, load_config
-from .engine import train
-from .errors import TunelabError
-from .inference import Loaded, load
+from .core.errors import TunelabError
 
 __all__ = ["RunConfig", "load_config", "train", "load", "Loaded", "TunelabError"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name == "train":
+        from .training.engine import train
+
+        return train
+    if name in ("load", "Loaded"):
+        from .runs import open as runs_open
+
+        return getattr(runs_open, name)
+    raise AttributeError(f"module 'tunelab' has no attribute {name!r}")

@@ -9,9 +9,9 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from .errors import TunelabError
+from .core.errors import TunelabError
 from .methods import METHODS
-from .schema import StrictModel
+from .core.schema import StrictModel
 from .stages import STAGES
 
 DataFormat = Literal["auto", "text", "instruction", "messages", "classification", "preference", "rating"]

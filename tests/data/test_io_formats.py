@@ -11,7 +11,7 @@ from conftest import DIALECT_FORMAT, SYNTHETIC_ROWS, write_rows
 
 from tunelab.config import DataConfig
 from tunelab.data import load_examples, load_file
-from tunelab.errors import TunelabError
+from tunelab.core.errors import TunelabError
 
 SUFFIXES = [".jsonl", ".json", ".csv", ".parquet"]
 NESTED = {"openai", "sharegpt"}  # chat lists have no CSV form

@@ -5,7 +5,7 @@ import pytest
 from conftest import tiny_config, write_config
 
 from tunelab import train
-from tunelab.errors import TunelabError
+from tunelab.core.errors import TunelabError
 
 
 @pytest.fixture

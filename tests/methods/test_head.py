@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from tunelab import TunelabError
-from tunelab.classifier import build_classifier, pad_batch
-from tunelab.engine import train
-from tunelab.inference import load
+from tunelab.data.collate import pad_right as pad_batch
+from tunelab.models.classifier import build_classifier
+from tunelab.training.engine import train
+from tunelab.runs.open import load
 from tunelab.methods import head
+from tunelab.models import feature_cache
 
 TEXTS = ["win a free prize now", "see you at lunch", "call me", "cheap pills here"]  # SYNTHETIC
 
@@ -22,13 +24,13 @@ TEXTS = ["win a free prize now", "see you at lunch", "call me", "cheap pills her
 def count_backbone(monkeypatch):
     """Counts examples that go through the backbone (the cached-feature path calls pooled_features)."""
     seen = {"examples": 0}
-    original = head.pooled_features
+    original = feature_cache.pooled_features
 
     def counting(model, input_ids, attention_mask):
         seen["examples"] += input_ids.shape[0]
         return original(model, input_ids, attention_mask)
 
-    monkeypatch.setattr(head, "pooled_features", counting)
+    monkeypatch.setattr(feature_cache, "pooled_features", counting)
     return seen
 
 

@@ -78,8 +78,8 @@ def test_merge_of_a_method_without_merge_is_an_error(cli_run, tmp_path):
 def test_merge_refuses_a_model_transformers_would_rebuild_differently(tmp_path):
     from torch import nn
 
-    from tunelab.errors import TunelabError
-    from tunelab.export import _check_reloads_identically
+    from tunelab.core.errors import TunelabError
+    from tunelab.export.merge import _check_reloads_identically
     from tunelab.models import SEQ_CLS, load_model
 
     model, tokenizer = load_model("tiny-bert", SEQ_CLS, num_labels=2)
@@ -98,8 +98,8 @@ def test_merged_classifier_is_faithful_or_refused(tmp_path, model):
     from transformers import AutoModelForSequenceClassification
 
     import tunelab
-    from tunelab.errors import TunelabError
-    from tunelab.export import merge_run
+    from tunelab.core.errors import TunelabError
+    from tunelab.export.merge import merge_run
 
     data = write_rows(tmp_path / "labels.jsonl", SYNTHETIC_ROWS["classification"])
     config = tiny_config("classify", "lora", data, tmp_path / "runs", max_steps=1, max_length=32)

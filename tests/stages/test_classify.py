@@ -11,9 +11,10 @@ import torch
 import yaml
 
 from tunelab import TunelabError
-from tunelab.classifier import build_classifier, pad_batch, pooled_features
+from tunelab.data.collate import pad_right as pad_batch
+from tunelab.models.classifier import build_classifier, pooled_features
 from tunelab.config import load_config
-from tunelab.engine import train
+from tunelab.training.engine import train
 from tunelab.stages import classify
 
 TEXTS = ["win a free prize now", "see you at lunch tomorrow then", "ok"]  # SYNTHETIC, different lengths
@@ -121,9 +122,9 @@ def test_single_class_and_unknown_labels_are_errors(tmp_path, tiny_tokenizer):
 
 @pytest.mark.parametrize("model, method", [("tiny-bert", "lora"), ("tiny-llama", "full")])
 def test_init_from_starts_from_the_previous_weights(tmp_path, model, method):
-    from tunelab.inference import load
+    from tunelab.runs.open import load
     from tunelab.methods import METHODS
-    from tunelab.warm_start import load_weights
+    from tunelab.training.warm_start import load_weights
 
     first = train(_config(tmp_path, _rows(["ham", "spam"] * 4), model=model, method=method, name="first"), quiet=True)
     raw = _config(tmp_path, _rows(["spam", "ham"] * 3), model=model, method=method, name="second",

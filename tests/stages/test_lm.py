@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tunelab import packed_attention
+from tunelab.models import packed_attention
 
 from tunelab.data.tokenize import IGNORE
 from tunelab.models import load_model

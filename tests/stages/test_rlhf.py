@@ -57,7 +57,7 @@ def test_rlhf_without_a_reward_model_is_one_line_error(cli, tmp_path):
 
 def test_rlhf_reward_model_must_be_a_reward_run(cli, tmp_path, trained_run):
     rc, out, err = _rlhf(cli, tmp_path, {"reward_model": str(trained_run("sft", "lora"))})
-    assert rc == 2 and err.startswith("error:") and "stage.reward_model" in err and "not a reward model" in err
+    assert rc == 2 and err.startswith("error:") and "stage.reward_model" in err and "must be a finished reward run" in err
 
 
 @pytest.mark.parametrize("name", ["sft", "reward", "rlhf", "dpo"])

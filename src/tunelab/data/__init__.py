@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from ..errors import TunelabError
+from ..core.errors import TunelabError
 from .formats import FORMATS, detect_format, map_fields, normalise
 from .io import read_rows
 

@@ -10,7 +10,7 @@ Canonical examples:
 """
 from __future__ import annotations
 
-from ..errors import TunelabError
+from ..core.errors import TunelabError
 
 FORMATS = ("text", "instruction", "messages", "classification", "preference", "rating")
 RATING_RANGE = (1, 5)  # the scale people use on the feedback page

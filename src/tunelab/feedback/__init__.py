@@ -20,7 +20,7 @@ from pathlib import Path
 from string import Template
 
 from ..data.formats import RATING_RANGE
-from ..errors import TunelabError
+from ..core.errors import TunelabError
 from .store import PREFERENCE, RATING, JudgementStore
 
 _HERE = Path(__file__).parent
@@ -79,7 +79,7 @@ class Generator:
     def __init__(self, sources: list[str], max_new_tokens: int = 128, temperature: float = 0.8):
         if not 1 <= len(sources) <= 2:
             raise TunelabError("give one model/run (two samples of it) or two (one response each)")
-        from ..inference import load
+        from ..runs.open import load
 
         self.sources = sources
         self.models = [load(source) for source in sources]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import TunelabError
+from ..core.errors import TunelabError
 
 DIRECTORY = "adapter"  # run_dir/adapter/ holds adapter_config.json + adapter_model.safetensors, as peft writes them
 

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from torch import nn
+from ..core.lazy import torch
 
-from ..errors import TunelabError
+from ..core.errors import TunelabError
 
 
-def find_blocks(model: nn.Module, option: str) -> tuple[str, nn.ModuleList]:
+def find_blocks(model: torch.nn.Module, option: str) -> tuple[str, torch.nn.ModuleList]:
     """The transformer blocks: the longest ModuleList of identical modules.
 
     That is ``model.layers`` in llama-family decoders and ``bert.encoder.layer`` in BERT-family
@@ -17,7 +16,7 @@ def find_blocks(model: nn.Module, option: str) -> tuple[str, nn.ModuleList]:
     """
     candidates = [
         (name, module) for name, module in model.named_modules()
-        if isinstance(module, nn.ModuleList) and len(module) > 0 and len({type(m) for m in module}) == 1
+        if isinstance(module, torch.nn.ModuleList) and len(module) > 0 and len({type(m) for m in module}) == 1
     ]
     if not candidates:
         raise TunelabError(f"{option}: cannot find the transformer blocks of {type(model).__name__} "
@@ -25,7 +24,7 @@ def find_blocks(model: nn.Module, option: str) -> tuple[str, nn.ModuleList]:
     return max(candidates, key=lambda item: len(item[1]))
 
 
-def head_parameter_names(model: nn.Module) -> list[str]:
+def head_parameter_names(model: torch.nn.Module) -> list[str]:
     """Parameters of the task head: outside the backbone and not the (often tied) LM output layer.
 
     ``score`` in LlamaForSequenceClassification, ``classifier`` in BertForSequenceClassification;
@@ -41,7 +40,7 @@ def head_parameter_names(model: nn.Module) -> list[str]:
     return [name for name, param in model.named_parameters() if id(param) not in skip]
 
 
-def train_only(model: nn.Module, names: set[str]) -> None:
+def train_only(model: torch.nn.Module, names: set[str]) -> None:
     """requires_grad on exactly the parameters named (any alias of a tied weight counts)."""
     for param in model.parameters():
         param.requires_grad_(False)
@@ -50,12 +49,12 @@ def train_only(model: nn.Module, names: set[str]) -> None:
             param.requires_grad_(True)
 
 
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """name -> tensor for every trainable parameter (a tied weight once, under its first name)."""
     return {name: param.detach().contiguous() for name, param in model.named_parameters() if param.requires_grad}
 
 
-def load_into(model: nn.Module, file: Path, what: str) -> None:
+def load_into(model: torch.nn.Module, file: Path, what: str) -> None:
     """Copy saved tensors into ``model``; every saved name must exist there."""
     from safetensors.torch import load_file
 

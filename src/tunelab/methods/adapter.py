@@ -15,11 +15,10 @@ import json
 from pathlib import Path
 from typing import Literal
 
-import torch
 from pydantic import Field
-from torch import nn
 
-from ..errors import TunelabError
+from ..core.errors import TunelabError
+from ..core.lazy import torch
 from ..models import count_params
 from ._structure import find_blocks, head_parameter_names, load_into, train_only, trainable_state
 from .base import MethodConfig
@@ -28,7 +27,6 @@ from .base import MethodConfig
 ATTENTION_OUTPUTS = ("self_attn.o_proj", "attention.output.dense", "attn.c_proj", "self_attention.dense",
                      "attn.out_proj", "attention.out_lin")
 FEED_FORWARD_OUTPUTS = ("mlp.down_proj", "output.dense", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc2", "ffn.lin2")
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 DIRECTORY = "adapter"
 
 
@@ -42,22 +40,7 @@ class Config(MethodConfig):
     non_linearity: Literal["relu", "gelu", "silu", "tanh"] = Field("relu", description="Activation in the bottleneck.")
 
 
-class Bottleneck(nn.Module):
-    """h + up(act(down(h))); ``up`` is zero-initialised so the adapter starts as the identity."""
-
-    def __init__(self, dim: int, size: int, non_linearity: str):
-        super().__init__()
-        self.down = nn.Linear(dim, size)  # default (Kaiming-uniform) init, as in He et al. 2022's parallel adapter
-        self.act = ACTIVATIONS[non_linearity]()
-        self.up = nn.Linear(size, dim)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, T, H)
-        return hidden + self.up(self.act(self.down(hidden)))
-
-
-def _run_adapter(module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
+def _run_adapter(module, args, output: torch.Tensor) -> torch.Tensor:
     return module.adapter(output)
 
 
@@ -69,7 +52,7 @@ def _targets(model, placement: str) -> list[str]:
     for index, block in enumerate(blocks):
         inside = dict(block.named_modules())
         for candidates in wanted:
-            found = next((c for c in candidates if isinstance(inside.get(c), nn.Linear)), None)
+            found = next((c for c in candidates if isinstance(inside.get(c), torch.nn.Linear)), None)
             if found is None:
                 raise TunelabError(
                     f"method.placement={placement}: cannot find the {'/'.join(candidates[:2])}-style output "
@@ -80,6 +63,8 @@ def _targets(model, placement: str) -> list[str]:
 
 
 def apply(model, cfg: Config):
+    from ..models.layers import Bottleneck
+
     adapter_names = []
     for target_name in _targets(model, cfg.placement):
         target = model.get_submodule(target_name)
@@ -96,6 +81,8 @@ def apply(model, cfg: Config):
 
 def save(model, run_dir: Path) -> None:
     from safetensors.torch import save_file
+
+    from ..models.layers import Bottleneck
 
     directory = run_dir / DIRECTORY
     directory.mkdir(parents=True, exist_ok=True)
@@ -115,12 +102,14 @@ def save(model, run_dir: Path) -> None:
 
 def _config_of(model) -> Config:
     """Recover the settings from the adapters themselves (save() gets no config)."""
+    from ..models.layers import ACTIVATIONS, Bottleneck
+
     targets = [name for name, module in model.named_modules() if isinstance(module, Bottleneck)]
     if not targets:
         raise TunelabError("adapter: the model carries no adapters to save")
     first = model.get_submodule(targets[0])
     blocks = len(find_blocks(model, "method.placement")[1])
-    activation = next(k for k, v in ACTIVATIONS.items() if isinstance(first.act, v))
+    activation = next(k for k, v in ACTIVATIONS.items() if type(first.act).__name__ == v)
     return Config(placement="houlsby" if len(targets) == 2 * blocks else "pfeiffer",
                   bottleneck=first.down.out_features, non_linearity=activation)
 

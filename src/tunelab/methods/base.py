@@ -11,7 +11,7 @@ The training engine never asks which method it holds.
 """
 from __future__ import annotations
 
-from ..schema import StrictModel
+from ..core.schema import StrictModel
 
 
 class MethodConfig(StrictModel):

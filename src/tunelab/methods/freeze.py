@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..errors import TunelabError
+from ..core.errors import TunelabError
 from ._structure import find_blocks, head_parameter_names, load_into, train_only, trainable_state
 from .base import MethodConfig
 

@@ -26,7 +26,7 @@ def load(model, run_dir: Path, cfg: Config):
     # have changed its structure (classify: an MLP head, a weight-free pooler) beyond config.json.
     from safetensors.torch import load_file
 
-    from ..errors import TunelabError
+    from ..core.errors import TunelabError
 
     files = sorted((run_dir / "model").glob("*.safetensors"))
     if not files:

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..errors import TunelabError
+from ..core.errors import TunelabError
 from . import _peft
 from .base import MethodConfig
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import torch
+from ..core.lazy import torch
 from pydantic import Field
 
 from . import _peft

@@ -4,12 +4,11 @@ from __future__ import annotations
 import bisect
 import contextlib
 
-import torch
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
+import math
 
+from ..core.errors import TunelabError
+from ..core.lazy import F, torch
 from ..data.tokenize import IGNORE
-from ..errors import TunelabError
 
 LOSS_CHUNK = 1024  # positions per LM-head chunk: bounds the (chunk, vocab) logits alive at once
 
@@ -142,6 +141,8 @@ def chunked_lm_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: tor
     for start in range(0, hidden.size(0), LOSS_CHUNK):
         h, t = hidden[start : start + LOSS_CHUNK], targets[start : start + LOSS_CHUNK]
         if recompute:
+            from torch.utils.checkpoint import checkpoint
+
             total = total + checkpoint(_chunk_ce, h, weight, t, use_reentrant=False)
         else:
             total = total + _chunk_ce(h, weight, t)
@@ -173,13 +174,49 @@ def causal_lm_loss(model, batch: dict, num_items_in_batch=None):
     return loss_sum / denominator, outputs
 
 
-def build_lm(cfg):
+def build_lm(cfg, links=None):
     """The base causal LM and tokenizer a generative stage trains."""
-    from .. import packed_attention
-    from ..models import CAUSAL_LM, load_model
+    from ..models import CAUSAL_LM, load_model, packed_attention
 
     model, tokenizer = load_model(cfg.model, CAUSAL_LM)
     if model.config._attn_implementation == "sdpa":
         # Packed rows: attend within each example instead of through a dense block mask.
         model.set_attn_implementation(packed_attention.register())
     return model, tokenizer
+
+
+# --------------------------------------------------------------------------- evaluation
+
+LM_FORMATS = ("text", "instruction", "messages")
+
+
+def evaluate_lm(loaded, name: str, file: str, options) -> dict:
+    """Per-token loss and perplexity of a causal LM on a text or chat file (chat: assistant tokens only)."""
+    from ..data import load_file
+    from ..data.tokenize import encode_chat, encode_text
+    from .base import cap
+
+    fmt, rows = load_file(file)
+    if fmt not in LM_FORMATS:
+        raise TunelabError(f"--data {name}={file} is in format '{fmt}'; a language-model run is scored on "
+                           f"{', '.join(LM_FORMATS)} data")
+    rows = cap(rows, options)
+    tokenizer, max_length = loaded.tokenizer, loaded.config.train.max_length
+    if fmt == "text":
+        examples = [w for row in rows for w in encode_text(tokenizer, row["text"], max_length)]
+    else:
+        examples = [e for e in (encode_chat(tokenizer, row["messages"], max_length) for row in rows) if e]
+    examples.sort(key=lambda e: len(e["input_ids"]))  # similar lengths per batch: little padding
+    collate = PadCollator(tokenizer.pad_token_id)
+    total_loss, tokens = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(examples), options.batch_size):
+            batch = collate(examples[start : start + options.batch_size])
+            count = int((batch["labels"][:, 1:] != IGNORE).sum())
+            loss, _ = causal_lm_loss(loaded.model, batch, num_items_in_batch=count)
+            total_loss, tokens = total_loss + float(loss) * count, tokens + count
+    if tokens == 0:
+        raise TunelabError(f"--data {name}={file}: no tokens to score")
+    mean = total_loss / tokens
+    return {"task": "causal-lm", "file": file, "n": len(rows), "tokens": tokens,
+            "loss": mean, "perplexity": math.exp(min(mean, 50))}

@@ -10,9 +10,9 @@ import itertools
 import re
 import sys
 
+from ..core.errors import TunelabError
 from ..data import load_examples
 from ..data.tokenize import ensure_chat_template
-from ..errors import TunelabError
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -117,23 +117,10 @@ def item_labels(n: int) -> dict:
     ``labels[..., 1:]`` (token labels shift), which would drop one item per batch; a
     ``shift_labels`` entry is counted as is.
     """
-    import torch
+    from ..core.lazy import torch
 
     labels = torch.zeros(n, dtype=torch.long)
     return {"labels": labels, "shift_labels": labels}
-
-
-def pad_right(sequences: list[list[int]], pad_id: int):
-    """Right-pad -> (input_ids, attention_mask), both (B, T)."""
-    import torch
-
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    return ids, mask
 
 
 class Meter:
@@ -151,3 +138,38 @@ class Meter:
         out = {prefix + k: v / max(self.counts[training][k], 1) for k, v in self.sums[training].items()}
         self.sums[training], self.counts[training] = {}, {}
         return out
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def read_eval_file(name: str, file: str, options, accepts=("preference", "rating")) -> tuple[str, list[dict]]:
+    """(format, rows) of a test file for a preference stage's evaluation."""
+    from ..data import load_file
+    from .base import cap
+
+    fmt, rows = load_file(file)
+    if fmt not in accepts:
+        raise TunelabError(f"--data {name}={file} is in format '{fmt}'; this run is scored on "
+                           f"{' or '.join(accepts)} data")
+    return fmt, cap(rows, options)
+
+
+def eval_pairs(name: str, file: str, fmt: str, rows: list[dict]) -> list[dict]:
+    """Preference pairs of a test file (rating rows are turned into pairs)."""
+    pairs = rows if fmt == "preference" else ratings_to_pairs(rows)[0]
+    if not pairs:
+        raise TunelabError(f"--data {name}={file}: no preference pairs to score (ratings of one prompt need "
+                           "different scores to make a pair)")
+    return pairs
+
+
+def metered_eval(loss_fn, model, examples: list[dict], collator, batch_size: int) -> dict:
+    """Run a stage's loss over ``examples`` in eval mode; the metrics its meter collected (eval_ prefix dropped)."""
+    from ..core.lazy import torch
+
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(examples), batch_size):
+            loss_fn(model, collator(examples[start : start + batch_size]))
+    return {key.removeprefix("eval_"): value for key, value in loss_fn.pop_metrics(training=False).items()}

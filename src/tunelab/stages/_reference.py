@@ -9,15 +9,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
+from ..core.errors import TunelabError
+from ..core.lazy import F, torch
 from ..data.tokenize import IGNORE
-from ..errors import TunelabError
 
-CAUSAL_STAGES = ("sft", "pretrain", "dpo", "rlhf")  # runs whose model can start a policy
 
 
 def _unwrap(model):
@@ -29,13 +25,14 @@ def _unwrap(model):
 class Reference:
     """Computes outputs of the policy as it was before training."""
 
-    def __init__(self, policy):
+    def __init__(self, policy, frozen=None):
+        """``frozen``: the starting policy as its own model (evaluating a finished full run)."""
         policy = _unwrap(policy)
-        self.shares_weights = hasattr(policy, "disable_adapter")  # a peft model
+        self.shares_weights = frozen is None and hasattr(policy, "disable_adapter")  # a peft model
         if self.shares_weights:
             self.model = policy
         else:
-            self.model = copy.deepcopy(policy).eval()
+            self.model = (frozen if frozen is not None else copy.deepcopy(policy)).eval()
             for param in self.model.parameters():
                 param.requires_grad_(False)
 
@@ -86,37 +83,18 @@ def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return -nll.sum(dim=1)
 
 
-def check_policy_run(run_dir: str | Path, model: str) -> None:
-    """``stage.policy`` must be a finished causal-LM run on the same base model."""
-    from ..config import load_config
-    from ..models import resolve
-
-    path = Path(run_dir)
-    if not (path / "config.yaml").is_file() or not (path / "summary.json").is_file():
-        raise TunelabError(f"stage.policy: {path} is not a finished run directory (needs config.yaml and summary.json)")
-    prev = load_config(path / "config.yaml")
-    if prev.stage.name not in CAUSAL_STAGES:
-        raise TunelabError(f"stage.policy: run {path} is a {prev.stage.name} run; a policy must be a "
-                           f"language-model run ({', '.join(CAUSAL_STAGES)})")
-    if prev.model != model and resolve(prev.model) != resolve(model):
-        raise TunelabError(f"stage.policy: run {path} was trained from model '{prev.model}', this run uses '{model}'")
-
-
-def build_policy(cfg):
-    """(model, tokenizer): the base causal LM, or ``stage.policy``'s run with its method merged in."""
+def build_policy(cfg, links=None):
+    """(model, tokenizer): the base causal LM, or the linked ``stage.policy`` run with its method merged in."""
     from ..methods import METHODS
     from ..models import CAUSAL_LM, load_model
 
-    if not cfg.stage.policy:
+    policy = (links or {}).get("policy")
+    if policy is None:
         return load_model(cfg.model, CAUSAL_LM)
-    from ..inference import load
-
-    check_policy_run(cfg.stage.policy, cfg.model)
-    loaded = load(cfg.stage.policy)
-    merge = getattr(METHODS[loaded.config.method.name], "merge", None)
+    merge = getattr(METHODS[policy.config.method.name], "merge", None)
     if merge is None:
-        raise TunelabError(f"stage.policy: run {cfg.stage.policy} used method '{loaded.config.method.name}', "
+        raise TunelabError(f"stage.policy: run {policy.run_dir} used method '{policy.config.method.name}', "
                            "which cannot be merged into plain weights; train the policy with lora or full")
-    model = merge(loaded.model)
+    model = merge(policy.model)
     model.train()
-    return model, loaded.tokenizer
+    return model, policy.tokenizer

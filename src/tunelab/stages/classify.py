@@ -4,15 +4,14 @@ from __future__ import annotations
 from collections import Counter
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
-from ..classifier import build_classifier, encode_texts, pad_batch
-from ..data import load_examples
-from ..errors import TunelabError
+from ..core.errors import TunelabError
+from ..core.lazy import F, np, torch
+from ..data import load_examples, load_file
+from ..data.collate import pad_right
 from ..models import SEQ_CLS
-from .base import StageConfig
+from .base import EvalOptions, StageConfig, cap
 
 
 class Config(StageConfig):
@@ -36,22 +35,23 @@ ACCEPTS = ("classification",)
 KEY_METRIC = "eval_loss"
 
 
-def _labels(cfg, train: list[dict], eval_: list[dict]) -> list[str]:
-    """The label set, in index order: given, inherited from init_from, or learned from train."""
-    seen = sorted({row["label"] for row in train})
-    if cfg.init_from:
-        from ..warm_start import previous_config
+def inherit(cfg, previous) -> None:
+    """A run started from an earlier classify run (``init_from``) keeps its head, pooling and labels."""
+    for key in ("head", "pooling"):
+        if getattr(previous.stage, key) != getattr(cfg.stage, key):
+            raise TunelabError(f"init_from: run {cfg.init_from} has stage.{key}={getattr(previous.stage, key)}, "
+                               f"this run has {getattr(cfg.stage, key)}")
+    if cfg.stage.labels is not None and cfg.stage.labels != previous.stage.labels:
+        raise TunelabError(f"init_from: run {cfg.init_from} has labels {previous.stage.labels}, this run {cfg.stage.labels}")
+    cfg.stage.labels = previous.stage.labels
 
-        inherited = previous_config(cfg).stage
-        for key in ("head", "pooling"):
-            if getattr(inherited, key) != getattr(cfg.stage, key):
-                raise TunelabError(f"init_from: run {cfg.init_from} has stage.{key}={getattr(inherited, key)}, "
-                                   f"this run has {getattr(cfg.stage, key)}")
-        if cfg.stage.labels is not None and cfg.stage.labels != inherited.labels:
-            raise TunelabError(f"init_from: run {cfg.init_from} has labels {inherited.labels}, this run {cfg.stage.labels}")
-        labels, origin = inherited.labels, f"the labels of run {cfg.init_from}"
-    elif cfg.stage.labels is not None:
-        labels, origin = cfg.stage.labels, "stage.labels"
+
+def _labels(cfg, train: list[dict], eval_: list[dict]) -> list[str]:
+    """The label set, in index order: given (or inherited from init_from), or learned from train."""
+    seen = sorted({row["label"] for row in train})
+    if cfg.stage.labels is not None:
+        labels = cfg.stage.labels
+        origin = f"the labels of run {cfg.init_from}" if cfg.init_from else "stage.labels"
     else:
         labels, origin = seen, "the training labels"
     if len(seen) < 2:
@@ -85,6 +85,8 @@ def build_datasets(cfg, tokenizer) -> tuple[list[dict], list[dict]]:
     cfg.stage.labels = labels
     index = {label: i for i, label in enumerate(labels)}
 
+    from ..inference.classify import encode_texts
+
     def encode(rows):
         ids = encode_texts(tokenizer, [row["text"] for row in rows], cfg.train.max_length) if rows else []
         return [{"input_ids": i, "label": index[row["label"]], "weight": weights[row["label"]]} for i, row in zip(ids, rows)]
@@ -92,8 +94,10 @@ def build_datasets(cfg, tokenizer) -> tuple[list[dict], list[dict]]:
     return encode(examples.train), encode(examples.eval)
 
 
-def build_model(cfg):
+def build_model(cfg, links=None):
     """(model, tokenizer): the backbone with this stage's pooling and a new head for ``cfg.stage.labels``."""
+    from ..models.classifier import build_classifier
+
     if not cfg.stage.labels:
         raise TunelabError("stage.labels is unset; build the datasets first (they learn the labels)")
     s = cfg.stage
@@ -105,7 +109,7 @@ class ClassifyCollator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, examples: list[dict]) -> dict:
-        input_ids, attention_mask = pad_batch([e["input_ids"] for e in examples], self.pad_token_id)
+        input_ids, attention_mask = pad_right([e["input_ids"] for e in examples], self.pad_token_id)
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -129,3 +133,51 @@ def compute_loss(model, batch: dict, num_items_in_batch=None):
     weighted = (per_example * batch["weights"]).sum()
     denominator = num_items_in_batch if num_items_in_batch is not None else batch["weights"].sum()
     return weighted / torch.clamp(torch.as_tensor(denominator, device=weighted.device, dtype=weighted.dtype), min=1e-8), outputs
+
+
+# --------------------------------------------------------------------------- evaluation
+
+EVAL_OPTIONS = ("threshold", "positive")
+
+
+def evaluate_classifier(predict_proba, labels: list[str], name: str, file: str, options: EvalOptions) -> dict:
+    """Accuracy, per-class P/R/F1, macro/micro, confusion matrix (and ROC/PR-AUC for two labels) on one file.
+
+    ``predict_proba(texts) -> (N, L)`` probabilities; shared with baselines that classify.
+    """
+    from ..core.metrics import classification_report
+
+    binary = len(labels) == 2
+    if (options.threshold is not None or options.positive is not None) and not binary:
+        raise TunelabError(f"--threshold/--positive apply to two-label tasks; this run has {len(labels)} labels")
+    if options.threshold is not None and not 0.0 <= options.threshold <= 1.0:
+        raise TunelabError(f"--threshold must be between 0 and 1 (got {options.threshold})")
+    if options.positive is not None and options.positive not in labels:
+        raise TunelabError(f"--positive {options.positive}: not a label of this run ({', '.join(labels)})")
+    # Default positive class: the second label in sorted order (spam of ham/spam; 1 of 0/1), as scikit-learn does.
+    positive_index = labels.index(options.positive if options.positive is not None else sorted(labels)[1]) \
+        if binary else None
+    rows = read_labelled(name, file, labels, options)
+    probs = predict_proba([row["text"] for row in rows]).numpy()
+    y_true = np.array([labels.index(row["label"]) for row in rows])
+    report = classification_report(labels, y_true, probs, positive_index, options.threshold)
+    return {"task": "classification", "file": file, **report}
+
+
+def read_labelled(name: str, file: str, known: list[str], options: EvalOptions) -> list[dict]:
+    """A labelled test file, every label one the model knows."""
+    _, rows = load_file(file, "classification")
+    rows = cap(rows, options)
+    unknown = sorted({row["label"] for row in rows} - set(known))
+    if unknown:
+        raise TunelabError(f"--data {name}={file} has labels {unknown} the model never saw (it knows: {', '.join(known)})")
+    return rows
+
+
+def evaluate(loaded, name: str, file: str, options: EvalOptions) -> dict:
+    from ..inference.classify import predict_proba
+
+    max_length = loaded.config.train.max_length
+    return evaluate_classifier(
+        lambda texts: predict_proba(loaded.model, loaded.tokenizer, texts, max_length, options.batch_size),
+        loaded.config.stage.labels, name, file, options)

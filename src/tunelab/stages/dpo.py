@@ -14,15 +14,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
+from ..core.lazy import F, torch
+from ..data.collate import pad_right
 from ..data.tokenize import IGNORE
 from ..models import CAUSAL_LM
-from ._pairs import Meter, encode_prompt_response, item_labels, load_pairs, pad_right
-from ._reference import Reference, build_policy, check_policy_run, sequence_logps
-from .base import StageConfig
+from ._pairs import Meter, encode_prompt_response, eval_pairs, item_labels, load_pairs, metered_eval, read_eval_file
+from ._reference import Reference, build_policy, sequence_logps
+from .base import RunLink, StageConfig
 
 
 class Config(StageConfig):
@@ -36,6 +36,7 @@ class Config(StageConfig):
 MODEL_KIND = CAUSAL_LM
 ACCEPTS = ("preference", "rating")
 KEY_METRIC = "eval_accuracy"
+LINKS = (RunLink("policy", "a language-model run (e.g. sft)", model_kind=CAUSAL_LM, builds_model=True),)
 
 
 def encode_pair(tokenizer, pair: dict, max_length: int) -> dict:
@@ -47,8 +48,6 @@ def encode_pair(tokenizer, pair: dict, max_length: int) -> dict:
 
 def build_datasets(cfg, tokenizer) -> tuple[list[dict], list[dict]]:
     """Each example is one pair (``encode_pair``)."""
-    if cfg.stage.policy:
-        check_policy_run(cfg.stage.policy, cfg.model)  # fail before any loading
     train, eval_ = ([encode_pair(tokenizer, p, cfg.train.max_length) for p in pairs] for pairs in load_pairs(cfg, "dpo"))
     # Eval order does not change the metrics; sorted by length, eval batches carry little padding.
     return train, sorted(eval_, key=lambda e: max(len(e["input_ids"]), len(e["rejected_ids"])))
@@ -98,8 +97,8 @@ def chosen_nll(policy_chosen: torch.Tensor, response_labels: torch.Tensor) -> to
 
 
 class DPOLoss:
-    def __init__(self, policy, beta: float, nll_weight: float = 0.0):
-        self.reference = Reference(policy)
+    def __init__(self, policy, beta: float, nll_weight: float = 0.0, reference_model=None):
+        self.reference = Reference(policy, reference_model)
         self.beta = beta
         self.nll_weight = nll_weight
         self.meter = Meter()
@@ -128,9 +127,31 @@ class DPOLoss:
         return self.meter.pop(training, prefix="" if training else "eval_")
 
 
-def make_loss(cfg, model, tokenizer):
+def make_loss(cfg, model, tokenizer, links=None):
     return DPOLoss(model, cfg.stage.beta, cfg.stage.nll_weight)
 
 
 def compute_loss(model, batch: dict, num_items_in_batch=None):
     raise NotImplementedError("dpo needs a reference model: the engine builds its loss with make_loss()")
+
+
+EVAL_OPTIONS = ()
+
+
+def evaluate(loaded, name: str, file: str, options) -> dict:
+    """Held-out preference accuracy (implicit reward of chosen > rejected) and mean reward margin.
+
+    The reference is the starting policy: the adapter switched off, or (full fine-tuning) the
+    base model or ``stage.policy`` built afresh.
+    """
+    fmt, rows = read_eval_file(name, file, options)
+    pairs = eval_pairs(name, file, fmt, rows)
+    cfg = loaded.config
+    frozen = None if hasattr(loaded.model, "disable_adapter") else build_policy(cfg, options.links)[0]
+    loss = DPOLoss(loaded.model, cfg.stage.beta, reference_model=frozen)
+    examples = [encode_pair(loaded.tokenizer, p, cfg.train.max_length) for p in pairs]
+    examples.sort(key=lambda e: max(len(e["input_ids"]), len(e["rejected_ids"])))
+    metrics = metered_eval(loss, loaded.model, examples, PairCollator(loaded.tokenizer.pad_token_id), options.batch_size)
+    return {"task": "preference", "file": file, "n": len(pairs), "preference_accuracy": metrics["accuracy"],
+            "margin": metrics["margin"], "reward_chosen": metrics["reward_chosen"],
+            "reward_rejected": metrics["reward_rejected"]}

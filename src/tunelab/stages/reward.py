@@ -7,17 +7,14 @@ output. Reads `preference` data, or `rating` data (prompt, response, score) turn
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
-from ..classifier import build_classifier
-from ..errors import TunelabError
+from ..core.lazy import F, torch
+from ..data.collate import pad_right
 from ..models import SEQ_CLS
-from ._pairs import Meter, encode_prompt_response, item_labels, load_pairs, pad_right
+from ._pairs import Meter, encode_prompt_response, eval_pairs, item_labels, load_pairs, metered_eval, read_eval_file
 from .base import StageConfig
 
 LABELS = ["reward"]  # one output: the scalar reward
@@ -42,15 +39,18 @@ def build_datasets(cfg, tokenizer) -> tuple[list[dict], list[dict]]:
     """Each example is one pair: ``input_ids`` (chosen; also what length-grouping reads) and ``rejected_ids``."""
     train, eval_ = load_pairs(cfg, "reward")
     n = cfg.train.max_length
-
-    def encode(pairs):
-        return [{"input_ids": encode_prompt_response(tokenizer, p["prompt"], p["chosen"], n)[0],
-                 "rejected_ids": encode_prompt_response(tokenizer, p["prompt"], p["rejected"], n)[0]} for p in pairs]
-
-    return encode(train), encode(eval_)
+    return build_examples(tokenizer, train, n), build_examples(tokenizer, eval_, n)
 
 
-def build_model(cfg):
+def build_examples(tokenizer, pairs: list[dict], max_length: int) -> list[dict]:
+    return [{"input_ids": encode_prompt_response(tokenizer, p["prompt"], p["chosen"], max_length)[0],
+             "rejected_ids": encode_prompt_response(tokenizer, p["prompt"], p["rejected"], max_length)[0]}
+            for p in pairs]
+
+
+def build_model(cfg, links=None):
+    from ..models.classifier import build_classifier
+
     s = cfg.stage
     return build_classifier(cfg.model, LABELS, s.head, s.pooling, s.head_hidden, s.head_dropout)
 
@@ -102,7 +102,7 @@ class PairwiseLoss:
         return self.meter.pop(training, prefix="" if training else "eval_")
 
 
-def make_loss(cfg, model, tokenizer):
+def make_loss(cfg, model, tokenizer, links=None):
     return PairwiseLoss()
 
 
@@ -110,49 +110,42 @@ def compute_loss(model, batch: dict, num_items_in_batch=None):
     return PairwiseLoss()(model, batch, num_items_in_batch)
 
 
-# --------------------------------------------------------------------------- scoring
+# --------------------------------------------------------------------------- scoring and evaluation
+
+EVAL_OPTIONS = ()
 
 
-def check_reward_run(run_dir: str | Path, what: str = "reward model") -> Path:
-    """A finished run of stage `reward` (checked from its files, without loading weights)."""
-    import yaml
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise TunelabError(f"{what} {run_dir} is not a run directory (no config.yaml)")
-    stage = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("stage")
-    stage = stage.get("name") if isinstance(stage, dict) else stage
-    if stage != "reward":
-        raise TunelabError(f"{what}: run {run_dir} is a {stage} run, not a reward model (train one with stage: reward)")
-    if not (run_dir / "summary.json").is_file():
-        raise TunelabError(f"{what}: run {run_dir} has not finished (no summary.json)")
-    return run_dir
-
-
-class RewardModel:
-    """A trained reward run, ready to score (prompt, response) pairs."""
-
-    def __init__(self, run_dir: str | Path):
-        from ..inference import load
-
-        run_dir = check_reward_run(run_dir)
-        loaded = load(run_dir)
-        self.model, self.tokenizer, self.run_dir = loaded.model.eval(), loaded.tokenizer, run_dir
-        self.max_length = loaded.config.train.max_length
-        for param in self.model.parameters():
-            param.requires_grad_(False)
-
-    @torch.inference_mode()
-    def score(self, prompts: list[str], responses: list[str], batch_size: int = 16) -> list[float]:
-        encoded = [encode_prompt_response(self.tokenizer, p, r, self.max_length)[0] for p, r in zip(prompts, responses)]
-        device = next(self.model.parameters()).device
-        out: list[float] = []
-        for start in range(0, len(encoded), batch_size):
-            ids, mask = pad_right(encoded[start : start + batch_size], self.tokenizer.pad_token_id)
-            out += rewards(self.model, ids.to(device), mask.to(device)).float().cpu().tolist()
-        return out
+def score(loaded, prompts: list[str], responses: list[str], batch_size: int = 16) -> list[float]:
+    """The rewards a trained reward run gives responses to prompts (``tunelab score``, RLHF, eval)."""
+    tokenizer, max_length = loaded.tokenizer, loaded.config.train.max_length
+    encoded = [encode_prompt_response(tokenizer, p, r, max_length)[0] for p, r in zip(prompts, responses)]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths: little padding
+    device = next(loaded.model.parameters()).device
+    out = [0.0] * len(encoded)
+    loaded.model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            ids, mask = pad_right([encoded[i] for i in index], tokenizer.pad_token_id)
+            for i, value in zip(index, rewards(loaded.model, ids.to(device), mask.to(device)).float().cpu().tolist()):
+                out[i] = value
+    return out
 
 
-def score(run_dir: str | Path, prompt: str, response: str) -> float:
-    """``tunelab score``: the reward a trained reward run gives one response to one prompt."""
-    return RewardModel(run_dir).score([prompt], [response])[0]
+def evaluate(loaded, name: str, file: str, options) -> dict:
+    """Preference pairs: pairwise accuracy and mean margin. Ratings: also rank correlation with the scores."""
+    from scipy.stats import kendalltau, spearmanr
+
+    fmt, rows = read_eval_file(name, file, options)
+    pairs = eval_pairs(name, file, fmt, rows)
+    examples = build_examples(loaded.tokenizer, pairs, loaded.config.train.max_length)
+    metrics = metered_eval(PairwiseLoss(), loaded.model, examples, PairCollator(loaded.tokenizer.pad_token_id),
+                           options.batch_size)
+    report = {"task": "reward", "file": file, "n": len(pairs), "pairwise_accuracy": metrics["accuracy"],
+              "margin": metrics["margin"]}
+    if fmt == "rating":
+        scores = score(loaded, [r["prompt"] for r in rows], [r["response"] for r in rows], options.batch_size)
+        ratings = [r["score"] for r in rows]
+        report.update({"ratings": len(rows), "spearman": float(spearmanr(scores, ratings).statistic),
+                       "kendall_tau": float(kendalltau(scores, ratings).statistic)})
+    return report

@@ -22,16 +22,19 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from pydantic import Field
+
+from ..core.lazy import torch
 
 from ..data import load_examples
 from ..data.tokenize import IGNORE
-from ..errors import TunelabError
+from ..core.errors import TunelabError
 from ..models import CAUSAL_LM
-from ._pairs import Meter, encode_prompt, item_labels
-from ._reference import Reference, _unwrap, build_policy, check_policy_run, sequence_logps
-from .base import StageConfig
+from ..data.collate import pad_right
+from .reward import score as reward_score
+from ._pairs import Meter, encode_prompt, item_labels, metered_eval
+from ._reference import Reference, _unwrap, build_policy, sequence_logps
+from .base import RunLink, StageConfig
 
 
 class Config(StageConfig):
@@ -47,18 +50,15 @@ class Config(StageConfig):
 MODEL_KIND = CAUSAL_LM
 ACCEPTS = ("preference", "rating")  # only their prompts are used
 KEY_METRIC = "eval_reward"
+LINKS = (
+    RunLink("reward_model", "a finished reward run (train one with stage: reward)", stage="reward",
+            same_model=False, required=True),
+    RunLink("policy", "a language-model run (e.g. sft)", model_kind=CAUSAL_LM, builds_model=True),
+)
 
 
 def build_datasets(cfg, tokenizer) -> tuple[list[dict], list[dict]]:
     """Unique prompts, tokenised with the chat template and cut from the left to leave room for the response."""
-    from .reward import check_reward_run
-
-    if not cfg.stage.reward_model:
-        raise TunelabError("stage.reward_model is not set: rlhf needs a finished reward run to score responses "
-                           "(train one with stage: reward, then set stage.reward_model=RUN_DIR)")
-    check_reward_run(cfg.stage.reward_model, "stage.reward_model")
-    if cfg.stage.policy:
-        check_policy_run(cfg.stage.policy, cfg.model)
     examples = load_examples(cfg.data, cfg.train.seed, ACCEPTS)
     room = cfg.train.max_length - cfg.stage.max_new_tokens
     if room < 8:
@@ -82,13 +82,7 @@ class PromptCollator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, examples: list[dict]) -> dict:
-        width = max(len(e["input_ids"]) for e in examples)
-        ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(examples), width), dtype=torch.long)
-        for row, e in enumerate(examples):
-            n = len(e["input_ids"])
-            ids[row, width - n:] = torch.tensor(e["input_ids"])
-            mask[row, width - n:] = 1
+        ids, mask = pad_right([e["input_ids"] for e in examples], self.pad_token_id, left=True)
         return {"input_ids": ids, "attention_mask": mask, "prompts": [e["prompt"] for e in examples],
                 **item_labels(len(examples))}  # the Trainer counts prompts per step
 
@@ -105,15 +99,15 @@ def rloo_advantages(returns: torch.Tensor) -> torch.Tensor:
 
 
 class RLOOLoss:
-    def __init__(self, cfg, policy, tokenizer):
-        from .reward import RewardModel
-
+    def __init__(self, cfg, policy, tokenizer, reward_model, reference_model=None):
+        """``reward_model``: the loaded reward run; ``reference_model``: see :class:`Reference`."""
         self.cfg, self.tokenizer = cfg.stage, tokenizer
-        self.reference = Reference(policy)
-        self.reward_model = RewardModel(cfg.stage.reward_model)
+        self.reference = Reference(policy, reference_model)
+        self.reward_model = reward_model
+        for param in reward_model.model.parameters():
+            param.requires_grad_(False)
         self.meter = Meter()
 
-    @torch.no_grad()
     def _generate(self, model, ids, mask, sample: bool):
         model = _unwrap(model)
         was_training = model.training
@@ -121,9 +115,10 @@ class RLOOLoss:
         options = ({"do_sample": True, "temperature": self.cfg.temperature, "top_k": 0, "top_p": 1.0,
                     "num_return_sequences": self.cfg.samples_per_prompt} if sample else {"do_sample": False})
         try:
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.cfg.max_new_tokens,
-                                 pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-                                 **options)
+            with torch.no_grad():
+                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.cfg.max_new_tokens,
+                                     pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+                                     **options)
         finally:
             model.train(was_training)
         return out
@@ -157,7 +152,7 @@ class RLOOLoss:
         mask, labels, positions, texts, lengths = self._responses(seqs, prompt_mask.repeat_interleave(k, 0))
         logps, kl = self._log_ratio(model, seqs, mask, labels, positions)
         prompts = [p for p in batch["prompts"] for _ in range(k)]
-        rewards = torch.tensor(self.reward_model.score(prompts, texts), device=logps.device)  # (B*k,)
+        rewards = torch.tensor(reward_score(self.reward_model, prompts, texts), device=logps.device)  # (B*k,)
         returns = (rewards - self.cfg.beta * kl).view(-1, k)  # (B, k)
         advantages = rloo_advantages(returns).view(-1)
         n = (num_items_in_batch if num_items_in_batch is not None else ids.shape[0]) * k
@@ -174,8 +169,8 @@ class RLOOLoss:
         with self.reference.active() as reference:
             ref_seqs = self._generate(reference, ids, prompt_mask, sample=False)
         ref_texts = self._responses(ref_seqs, prompt_mask)[3]
-        rewards = torch.tensor(self.reward_model.score(prompts, texts))
-        ref_rewards = torch.tensor(self.reward_model.score(prompts, ref_texts))
+        rewards = torch.tensor(reward_score(self.reward_model, prompts, texts))
+        ref_rewards = torch.tensor(reward_score(self.reward_model, prompts, ref_texts))
         wins = (rewards > ref_rewards).float() + 0.5 * (rewards == ref_rewards).float()
         for name, values in (("reward", rewards), ("ref_reward", ref_rewards), ("win_rate", wins),
                              ("kl", kl), ("response_length", lengths)):
@@ -186,9 +181,35 @@ class RLOOLoss:
         return self.meter.pop(training, prefix="" if training else "eval_")
 
 
-def make_loss(cfg, model, tokenizer):
-    return RLOOLoss(cfg, model, tokenizer)
+def make_loss(cfg, model, tokenizer, links):
+    return RLOOLoss(cfg, model, tokenizer, links["reward_model"])
 
 
 def compute_loss(model, batch: dict, num_items_in_batch=None):
     raise NotImplementedError("rlhf needs a reward model and a reference: the engine builds its loss with make_loss()")
+
+
+EVAL_OPTIONS = ()
+EVAL_FORMATS = ("preference", "rating", "instruction", "messages")
+
+
+def evaluate(loaded, name: str, file: str, options) -> dict:
+    """Greedy responses to the file's prompts: mean reward under the reward model (the run's own, or
+    ``--reward-model``), the reference's mean reward, the policy's win rate over it, and the KL."""
+    from ._pairs import read_eval_file
+
+    fmt, rows = read_eval_file(name, file, options, EVAL_FORMATS)
+    cfg = loaded.config
+    if fmt in ("instruction", "messages"):  # the first user turn is the prompt
+        prompts = [next(m["content"] for m in row["messages"] if m["role"] == "user") for row in rows]
+    else:
+        prompts = [row["prompt"] for row in rows]
+    prompts = list(dict.fromkeys(prompts))
+    room = cfg.train.max_length - cfg.stage.max_new_tokens
+    examples = [{"input_ids": encode_prompt(loaded.tokenizer, p, room), "prompt": p} for p in prompts]
+    frozen = None if hasattr(loaded.model, "disable_adapter") else build_policy(cfg, options.links)[0]
+    loss = RLOOLoss(cfg, loaded.model, loaded.tokenizer, options.links["reward_model"], frozen)
+    metrics = metered_eval(loss, loaded.model, examples, PromptCollator(loaded.tokenizer.pad_token_id),
+                           options.batch_size)
+    return {"task": "rlhf", "file": file, "n": len(prompts), "reward_model": str(options.links["reward_model"].run_dir),
+            **{key: metrics[key] for key in ("reward", "ref_reward", "win_rate", "kl", "response_length")}}

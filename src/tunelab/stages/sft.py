@@ -6,7 +6,7 @@ from typing import Literal
 from ..data import load_examples
 from ..data.tokenize import encode_chat
 from ..models import CAUSAL_LM
-from ._lm import PadCollator, build_lm, causal_lm_loss, finish_datasets
+from ._lm import PadCollator, build_lm, causal_lm_loss, evaluate_lm, finish_datasets
 from .base import StageConfig
 
 
@@ -38,3 +38,5 @@ def collate(tokenizer):
 
 build_model = build_lm
 compute_loss = causal_lm_loss
+evaluate = evaluate_lm  # loss and perplexity on held-out text or chats
+EVAL_OPTIONS = ()

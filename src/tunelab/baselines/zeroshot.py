@@ -1,25 +1,25 @@
 """Zero-shot baseline: ask an instruct model for a label word, score each label by its likelihood.
 
-No training. ``create_run`` writes a run directory (config.yaml with a ``zeroshot:`` section,
-summary.json) so ``tunelab eval`` treats the baseline like any trained run.
+No training. ``tunelab zeroshot`` writes a run directory (config.yaml with a ``zeroshot:``
+section, summary.json; see ``runs.baseline``) so ``tunelab eval`` treats the baseline like any
+trained run, with the classify stage's metrics.
 """
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
-import torch
 from pydantic import Field, field_validator
 
-from . import rundir
-from .errors import TunelabError
-from .schema import StrictModel
+from ..core.errors import TunelabError
+from ..core.lazy import torch
+from ..core.schema import StrictModel
+from ..models import CAUSAL_LM, SEQ_CLS, load_model
+from ..stages.base import EvalOptions
+from ..stages.classify import EVAL_OPTIONS, evaluate_classifier
 
 DEFAULT_INSTRUCTION = ("Classify the message below. Possible answers: {choices}. "
                        "Reply with exactly one of these words.")
 
 
-class ZeroShotConfig(StrictModel):
+class Config(StrictModel):
     """A zero-shot classifier: an instruct model, a label set and the words that stand for the labels."""
 
     model: str = Field(description="Instruct (chat) causal LM: bundled name, local directory or Hub id.")
@@ -47,13 +47,11 @@ class ZeroShotConfig(StrictModel):
 class ZeroShotClassifier:
     """P(label | message) from the instruct model's likelihood of each label word as its reply."""
 
-    def __init__(self, cfg: ZeroShotConfig):
-        from .data.tokenize import ensure_chat_template
-        from .models import CAUSAL_LM, load_model
+    def __init__(self, cfg: Config, model, tokenizer):
+        from ..data.tokenize import ensure_chat_template
 
         self.cfg = cfg
-        self.model, self.tokenizer = load_model(cfg.model, CAUSAL_LM)
-        self.model.eval()
+        self.model, self.tokenizer = model.eval(), tokenizer
         ensure_chat_template(self.tokenizer)
         self.words = cfg.words()
         self.word_ids = [self.tokenizer(w, add_special_tokens=False)["input_ids"] for w in self.words]
@@ -71,10 +69,10 @@ class ZeroShotClassifier:
     @torch.inference_mode()
     def _answer_scores(self, prompts: list[list[int]], answer: list[int] | None) -> torch.Tensor:
         """log P(answer | prompt) per prompt; with ``answer=None``, log P(first token) for every label word."""
-        from .classifier import pad_batch
+        from ..data.collate import pad_right
 
         sequences = [p + (answer or []) for p in prompts]
-        input_ids, attention_mask = pad_batch(sequences, self.tokenizer.pad_token_id)
+        input_ids, attention_mask = pad_right(sequences, self.tokenizer.pad_token_id)
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
         logprobs = torch.log_softmax(logits, dim=-1)  # (B, T, V)
         rows = torch.arange(len(prompts))
@@ -104,42 +102,27 @@ class ZeroShotClassifier:
         return torch.softmax(scores, dim=-1)
 
 
-def is_zeroshot_run(run_dir: str | Path) -> bool:
-    import yaml
-
-    path = Path(run_dir) / "config.yaml"
-    return path.is_file() and "zeroshot" in (yaml.safe_load(path.read_text()) or {})
 
 
-def load_run(run_dir: str | Path) -> ZeroShotClassifier:
-    import yaml
+ZeroShotConfig = Config  # the name the CLI and callers know it by
+MODEL_KIND = SEQ_CLS  # it classifies: evaluated like a classify run
+TASK = "classify"  # the stage whose task it does, for the run index
+EVAL_OPTIONS = EVAL_OPTIONS
 
-    raw = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
-    return ZeroShotClassifier(ZeroShotConfig.model_validate(raw["zeroshot"]))
+
+def build(cfg: Config):
+    """(model, tokenizer): the instruct model as published."""
+    return load_model(cfg.model, CAUSAL_LM)
 
 
-def create_run(out: str | Path, cfg: ZeroShotConfig, overwrite: bool = False) -> Path:
-    """Write a zero-shot "run" (no weights: the model is used as published) that `tunelab eval` accepts."""
-    import yaml
+def check(cfg: Config, model, tokenizer) -> dict:
+    """Fail early on label words the tokenizer cannot use; the facts the run's summary records."""
+    classifier = ZeroShotClassifier(cfg, model, tokenizer)
+    return {"labels": cfg.labels, "label_words": classifier.words}
 
-    from .models import count_params, resolve
 
-    out = Path(out)
-    rundir.check_writable(out.parent)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise TunelabError(f"run directory {out} already exists; use --overwrite to replace it")
-    classifier = ZeroShotClassifier(cfg)  # fails here on a bad model or label words
-    _, total = count_params(classifier.model)
-    if overwrite:
-        rundir.clear(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump({"zeroshot": cfg.model_dump(mode="json")}, sort_keys=False))
-    summary = {
-        "name": out.name, "stage": "classify", "method": "zeroshot", "model": cfg.model,
-        "model_path": resolve(cfg.model), "labels": cfg.labels, "label_words": classifier.words,
-        "trainable_params": 0, "total_params": total, "trainable_percent": 0.0, "train_seconds": 0.0,
-        "metrics": {}, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    rundir.write_json_atomic(out / "summary.json", summary)
-    rundir.index_run(out.parent, out, summary, "eval_loss")
-    return out
+def evaluate(loaded, name: str, file: str, options: EvalOptions) -> dict:
+    """The classify stage's report, on the label-word probabilities."""
+    classifier = ZeroShotClassifier(loaded.config, loaded.model, loaded.tokenizer)
+    return evaluate_classifier(lambda texts: classifier.predict_proba(texts, options.batch_size),
+                               loaded.config.labels, name, file, options)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
+from ..core.lazy import torch
 
-from .errors import TunelabError
+from ..core.errors import TunelabError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CAUSAL_LM = "causal-lm"
@@ -202,8 +202,9 @@ def _hub_error(spec: str, exc: Exception) -> TunelabError:
     return TunelabError(f"cannot load model '{spec}': {text.splitlines()[0] if text else type(exc).__name__}")
 
 
-def load_model(spec: str, kind: str = CAUSAL_LM, num_labels: int | None = None, dtype=torch.float32):
-    """Load (model, tokenizer) for a stage's model kind. Weights stay fp32; autocast does bf16."""
+def load_model(spec: str, kind: str = CAUSAL_LM, num_labels: int | None = None, dtype=None):
+    """Load (model, tokenizer) for a stage's model kind. Weights stay fp32 (the default); autocast does bf16."""
+    dtype = dtype or torch.float32
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     location = resolve(spec)

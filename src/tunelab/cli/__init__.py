@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from .errors import TunelabError
+from ..core.errors import TunelabError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Adapt pretrained LLMs with every major fine-tuning technique, measured honestly.")
@@ -29,10 +29,10 @@ def train(
     nproc: int = typer.Option(1, "--nproc", help="Data-parallel processes (torchrun; gloo on CPU, NCCL on GPUs)."),
 ):
     """Train as CONFIG says; the run directory is the last line of stdout."""
-    from .engine import is_main_process, train as run_training
+    from ..training.engine import is_main_process, train as run_training
 
     if nproc != 1:
-        from .launch import train_distributed
+        from ..training.launch import train_distributed
 
         print(train_distributed(config, overrides or [], nproc, resume=resume, overwrite=overwrite, quiet=quiet))
         return
@@ -44,7 +44,7 @@ def train(
 @config_app.command("schema")
 def config_schema():
     """Print the run config's JSON schema."""
-    from .config import RunConfig
+    from ..config import RunConfig
 
     print(json.dumps(RunConfig.model_json_schema(), indent=2))
 
@@ -52,7 +52,7 @@ def config_schema():
 @config_app.command("show")
 def config_show(config: Path, overrides: Optional[List[str]] = typer.Argument(None)):
     """Print the fully resolved config (with defaults and overrides)."""
-    from .config import load_config
+    from ..config import load_config
 
     print(load_config(config, overrides or []).to_yaml(), end="")
 
@@ -60,7 +60,7 @@ def config_show(config: Path, overrides: Optional[List[str]] = typer.Argument(No
 @app.command()
 def models():
     """List bundled models with parameter counts and origin."""
-    from .models import list_models
+    from ..models import list_models
 
     print(f"{'name':<14} {'kind':<8} {'params':>12}  origin")
     for row in list_models():
@@ -77,8 +77,8 @@ def data_inspect(
     field: Optional[List[str]] = typer.Option(None, "--field", help="Column mapping CANONICAL=COLUMN (repeatable)."),
 ):
     """Detected format, row count, token-length stats and one rendered example (trained span in ⟦ ⟧)."""
-    from .data.inspect import inspect_data
-    from .models import load_tokenizer
+    from ..data.inspect import inspect_data
+    from ..models import load_tokenizer
 
     fields = dict(item.split("=", 1) for item in field or [] if "=" in item)
     report = inspect_data(file, load_tokenizer(model), data_format, fields)
@@ -93,7 +93,7 @@ def data_inspect(
 @app.command()
 def runs(output_dir: Path = typer.Option(Path("runs"), "--output-dir", help="Where runs are kept.")):
     """List finished runs from the output directory's index."""
-    from .rundir import list_runs
+    from ..runs.directory import list_runs
 
     rows = list_runs(output_dir)
     if not rows:
@@ -114,7 +114,7 @@ def generate(
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy."),
 ):
     """Generate a reply to PROMPT."""
-    from .inference import load
+    from ..runs.open import load
 
     print(load(run_or_model).generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature))
 
@@ -126,7 +126,7 @@ def chat(
     temperature: float = typer.Option(0.0, "--temperature", min=0.0),
 ):
     """Interactive chat (empty line or Ctrl-D ends it)."""
-    from .inference import load
+    from ..runs.open import load
 
     loaded = load(run_or_model)
     messages: list[dict] = []
@@ -149,7 +149,7 @@ def merge(
     out: Path = typer.Argument(..., help="New directory for the merged model."),
 ):
     """Write RUN as a plain transformers model (method folded into the weights) + tokenizer to OUT."""
-    from .export import merge_run
+    from ..export.merge import merge_run
 
     print(merge_run(run, out))
 
@@ -163,13 +163,14 @@ def eval_(
     positive: Optional[str] = typer.Option(None, "--positive", help="Two labels: the positive class (default: 2nd in sorted order)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     max_rows: Optional[int] = typer.Option(None, "--max-rows", min=1, help="Score only the first N rows of each file."),
+    reward_model: Optional[Path] = typer.Option(None, "--reward-model", help="rlhf runs: score with this reward run instead of the run's own."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables."),
 ):
-    """Score RUN on named test sets side by side; writes RUN/eval/<name>.json (+ confusion PNG)."""
-    from .evaluate import evaluate, format_report, parse_data_args
+    """Score RUN on named test sets side by side with its stage's metrics; writes RUN/eval/<name>.json."""
+    from ..evaluate import evaluate, format_report, parse_data_args
 
-    result = evaluate(run, parse_data_args(data), threshold=threshold, positive=positive,
-                      batch_size=batch_size, max_rows=max_rows)
+    result = evaluate(run, parse_data_args(data), threshold=threshold, positive=positive, batch_size=batch_size,
+                      max_rows=max_rows, reward_model=str(reward_model) if reward_model else None)
     print(json.dumps(result, indent=2) if as_json else format_report(result))
 
 
@@ -186,7 +187,8 @@ def zeroshot(
     """Create a zero-shot baseline run (no training) that `tunelab eval` scores like any run."""
     from pydantic import ValidationError
 
-    from .zeroshot import ZeroShotConfig, create_run
+    from ..baselines.zeroshot import ZeroShotConfig
+    from ..runs.baseline import create_baseline_run
 
     words = {}
     for item in label_word or []:
@@ -203,7 +205,7 @@ def zeroshot(
     except ValidationError as exc:
         err = exc.errors()[0]
         raise TunelabError(f"--{err['loc'][0]}: {err['msg']}") from None
-    print(create_run(out, cfg, overwrite=overwrite))
+    print(create_baseline_run(out, "zeroshot", cfg, overwrite=overwrite))
 
 
 @app.command()
@@ -213,9 +215,9 @@ def score(
     response: str = typer.Option(..., "--response", help="The response to score."),
 ):
     """Print the reward that reward run RUN gives RESPONSE to PROMPT."""
-    from .stages.reward import score as reward_score
+    from ..runs.open import load_scorer
 
-    print(f"{reward_score(run, prompt, response):.6f}")
+    print(f"{load_scorer(run).score([prompt], [response])[0]:.6f}")
 
 
 @app.command()
@@ -229,7 +231,7 @@ def feedback(
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
 ):
     """Serve a local page to compare and rate pairs of responses; judgements append to OUT."""
-    from .feedback import FeedbackApp, Generator, read_prompts, read_responses, serve
+    from ..feedback import FeedbackApp, Generator, read_prompts, read_responses, serve
 
     if (responses is None) == (not model):
         raise TunelabError("give either --responses FILE or --model (once or twice), not both or neither")

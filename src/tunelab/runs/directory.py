@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import TunelabError
+from ..core.errors import TunelabError
 
 INDEX_FILE = "runs.sqlite"
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tunelab.errors import TunelabError
-from tunelab.models import BUNDLED, CAUSAL_LM, _build_tiny_llama, count_params, list_models, load_model, resolve
+from tunelab.core.errors import TunelabError
+from tunelab.models import BUNDLED, CAUSAL_LM, count_params, list_models, load_model, resolve
+from tunelab.models.loading import _build_tiny_llama
 
 
 def _weights(directory: Path) -> dict[str, torch.Tensor]:

@@ -11,12 +11,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from . import rundir, warm_start
-from .config import RunConfig, load_config
-from .errors import TunelabError
-from .methods import METHODS
-from .models import count_params, load_tokenizer, resolve
-from .stages import STAGES
+from ..config import RunConfig, load_config
+from ..core.errors import TunelabError
+from ..methods import METHODS
+from ..models import count_params, load_tokenizer, resolve
+from ..runs import directory as rundir
+from ..runs.open import check_links, load_links
+from ..stages import STAGES
+from . import warm_start
 
 
 def _log(message: str) -> None:
@@ -97,7 +99,7 @@ def _scale_out_arguments(t) -> dict:
     return extra
 
 
-def _make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, quiet):
+def _make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, quiet, links):
     from transformers import Trainer, TrainerCallback
 
     class MetricsLogger(TrainerCallback):
@@ -113,7 +115,7 @@ def _make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, quie
 
     # A stage whose loss needs state (a frozen reference, a reward model) builds it once here;
     # such a loss may also report numbers beyond the loss via pop_metrics(training) -> dict.
-    loss_fn = stage.make_loss(cfg, model, tokenizer) if hasattr(stage, "make_loss") else stage.compute_loss
+    loss_fn = stage.make_loss(cfg, model, tokenizer, links) if hasattr(stage, "make_loss") else stage.compute_loss
 
     class StageTrainer(Trainer):
         """transformers' Trainer, with the loss supplied by the stage module."""
@@ -197,12 +199,16 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | None = N
     from transformers import set_seed
 
     set_seed(cfg.train.seed)
+    # Runs this one builds on (init_from, stage.policy, stage.reward_model) are opened and checked
+    # here, before any loading; the loaded models are handed down to the stage.
     if cfg.init_from:
-        warm_start.previous_config(cfg)  # an incompatible earlier run fails here, before any loading
+        warm_start.inherit(cfg, stage)  # an incompatible earlier run fails here
+    check_links(cfg)
     train_ds, eval_ds = stage.build_datasets(cfg, load_tokenizer(cfg.model))  # may learn settings (labels)
     if checkpoint:
         _check_resumable(cfg, run_dir)
-    model, tokenizer = stage.build_model(cfg)
+    links = load_links(cfg)
+    model, tokenizer = stage.build_model(cfg, links)
     model = method.apply(model, cfg.method)
     if cfg.init_from:
         warm_start.load_weights(model, cfg)
@@ -215,7 +221,7 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | None = N
         rundir.clear(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        trainer = _make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, quiet)
+        trainer = _make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, quiet, links)
         if trainer.is_world_process_zero():
             (run_dir / "config.yaml").write_text(cfg.to_yaml())
         started = time.time()

@@ -10,8 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import load_config
-from .errors import TunelabError
+from ..config import load_config
+from ..core.errors import TunelabError
 
 
 def train_distributed(config: str | Path, overrides: list[str], nproc: int, *, resume: bool = False,

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import TunelabError
-from .models import SEQ_CLS, load_model
+from ..core.errors import TunelabError
+from .loading import SEQ_CLS, load_model
 
 POOLINGS = ("auto", "last", "mean", "cls")
 DECODER, ENCODER = "decoder", "encoder"
@@ -147,38 +147,3 @@ def head_logits(model, features: torch.Tensor) -> torch.Tensor:
     if family(model) == ENCODER:
         features = model.dropout(features)
     return head_module(model)(features)
-
-
-# --------------------------------------------------------------------------- batching / prediction
-
-
-def encode_texts(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
-    return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-
-
-def pad_batch(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token id lists -> (input_ids, attention_mask), both (B, T)."""
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        attention_mask[row, : len(seq)] = 1
-    return input_ids, attention_mask
-
-
-@torch.inference_mode()
-def predict_proba(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 16) -> torch.Tensor:
-    """Class probabilities (N, L) for raw texts; batches sorted by length so padding stays small."""
-    encoded = encode_texts(tokenizer, texts, max_length)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    probs = [None] * len(encoded)
-    model.eval()
-    device = next(model.parameters()).device
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
-        input_ids, attention_mask = pad_batch([encoded[i] for i in index], tokenizer.pad_token_id)
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits.float()
-        for i, row in zip(index, torch.softmax(logits, dim=-1).cpu()):
-            probs[i] = row
-    return torch.stack(probs)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from tunelab import metrics
+from tunelab.core import metrics
 
 
 def _arrays(seed: int, n: int = 200, classes: int = 3):

@@ -6,22 +6,22 @@ from pathlib import Path
 
 import torch
 
-from .config import load_config
-from .errors import TunelabError
-from .inference import is_run_dir, load
-from .methods import METHODS
-from .rundir import check_writable
+from ..core.errors import TunelabError
+from ..methods import METHODS
+from ..runs.directory import check_writable
+from ..runs.open import load, open_run
 
 
 def merge_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     """Load the run (base + trained weights), merge the method in, write model + tokenizer to ``out_dir``."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if not is_run_dir(run_dir):
-        raise TunelabError(f"{run_dir} is not a run directory (no config.yaml)")
+    info = open_run(run_dir, "merge")
+    if info.baseline:
+        raise TunelabError(f"merge: {run_dir} is {info.describe}; it has no trained weights to merge")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise TunelabError(f"output {out_dir} already exists and is not an empty directory")
     check_writable(out_dir)
-    name = load_config(run_dir / "config.yaml").method.name
+    name = info.config.method.name
     merge = getattr(METHODS[name], "merge", None)
     if merge is None:
         mergeable = ", ".join(n for n, m in METHODS.items() if hasattr(m, "merge"))

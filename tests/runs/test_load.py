@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import tunelab
-from tunelab.errors import TunelabError
+from tunelab.core.errors import TunelabError
 from tunelab.models import resolve
 
 PROMPT = [{"role": "user", "content": "What colour is the sky?"}]  # SYNTHETIC

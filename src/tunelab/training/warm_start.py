@@ -9,35 +9,35 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
-from .errors import TunelabError
+from ..core.errors import TunelabError
 
 
 def previous_config(cfg):
     """The earlier run's config, checked against this one (one-line error if incompatible)."""
-    from .config import load_config
-    from .models import resolve
+    from ..models import resolve
+    from ..runs.open import open_run
 
-    path = Path(cfg.init_from)
-    if not (path / "config.yaml").is_file():
-        raise TunelabError(f"init_from: {path} is not a run directory (no config.yaml)")
-    if not (path / "summary.json").is_file():
-        raise TunelabError(f"init_from: run {path} has not finished (no summary.json)")
-    raw = yaml.safe_load((path / "config.yaml").read_text()) or {}
-    if "zeroshot" in raw:
-        raise TunelabError(f"init_from: {path} is a zero-shot baseline; it has no trained weights to start from")
-    prev = load_config(path / "config.yaml")
+    info = open_run(cfg.init_from, "init_from")
+    if info.baseline:
+        raise TunelabError(f"init_from: {info.path} is {info.describe}; it has no trained weights to start from")
+    prev = info.config
     if prev.model != cfg.model and resolve(prev.model) != resolve(cfg.model):
-        raise TunelabError(f"init_from: run {path} was trained from model '{prev.model}', this run uses '{cfg.model}'")
+        raise TunelabError(f"init_from: run {info.path} was trained from model '{prev.model}', this run uses '{cfg.model}'")
     if prev.stage.name != cfg.stage.name:
-        raise TunelabError(f"init_from: run {path} is a {prev.stage.name} run, this run is {cfg.stage.name}")
+        raise TunelabError(f"init_from: run {info.path} is a {prev.stage.name} run, this run is {cfg.stage.name}")
     if prev.method.name != cfg.method.name:
         raise TunelabError(
-            f"init_from: run {path} used method '{prev.method.name}', this run uses '{cfg.method.name}'; "
+            f"init_from: run {info.path} used method '{prev.method.name}', this run uses '{cfg.method.name}'; "
             f"continue with the same method"
         )
     return prev
+
+
+def inherit(cfg, stage) -> None:
+    """Check the earlier run; let the stage take the settings it keeps across runs (e.g. labels)."""
+    previous = previous_config(cfg)
+    if hasattr(stage, "inherit"):
+        stage.inherit(cfg, previous)
 
 
 def _key_prefix(source: dict, target: dict, where: Path) -> str:
@@ -57,7 +57,7 @@ def _key_prefix(source: dict, target: dict, where: Path) -> str:
 
 def load_weights(model, cfg) -> None:
     """Copy the earlier run's trained weights into ``model`` (already built and method-applied)."""
-    from .inference import load
+    from ..runs.open import load
 
     where = Path(cfg.init_from)
     source = load(where).model.state_dict()

@@ -108,7 +108,8 @@ def test_eval_of_a_language_model_run(trained_run, tmp_path):
 
 
 def test_zeroshot_baseline_on_tiny_llama(tmp_path, cli_here):
-    from tunelab.zeroshot import ZeroShotClassifier, ZeroShotConfig
+    from tunelab.baselines.zeroshot import ZeroShotClassifier, ZeroShotConfig
+    from tunelab.models import load_model
 
     out = tmp_path / "runs" / "zs"
     rc, stdout, err = cli_here("zeroshot", "--model", "tiny-llama", "--labels", "ham,spam", "--out", out,
@@ -122,8 +123,9 @@ def test_zeroshot_baseline_on_tiny_llama(tmp_path, cli_here):
     assert json.loads(stdout)["data"]["t"]["n"] == 6
 
     # The one-pass path (one-token words) scores exactly what the general path does.
+    model, tokenizer = load_model("tiny-llama")
     clf = ZeroShotClassifier(ZeroShotConfig(model="tiny-llama", labels=["ham", "spam"],
-                                            label_words={"ham": "no", "spam": "yes"}))
+                                            label_words={"ham": "no", "spam": "yes"}), model, tokenizer)
     prompts = [clf.prompt_ids(row["text"]) for row in _labelled(3)]
     fast = clf._answer_scores(prompts, None)
     slow = torch.stack([clf._answer_scores(prompts, ids) for ids in clf.word_ids], dim=1)
@@ -131,7 +133,7 @@ def test_zeroshot_baseline_on_tiny_llama(tmp_path, cli_here):
     probs = clf.predict_proba([row["text"] for row in _labelled(3)])
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(3))
     multi = ZeroShotClassifier(ZeroShotConfig(model="tiny-llama", labels=["ham", "spam"],
-                                              label_words={"ham": "not spam at all"}))
+                                              label_words={"ham": "not spam at all"}), model, tokenizer)
     assert multi.predict_proba(["hello there"]).shape == (1, 2)
 
 

@@ -23,7 +23,7 @@ from transformers import AutoTokenizer
 import tunelab
 from tunelab.config import load_config
 from tunelab.models import resolve
-from tunelab.rundir import last_checkpoint, read_jsonl
+from tunelab.runs.directory import last_checkpoint, read_jsonl
 from tunelab.stages import STAGES
 
 COMBOS = [("pretrain", "full"), ("pretrain", "lora"), ("sft", "full"), ("sft", "lora")]
@@ -173,7 +173,7 @@ def test_resume_after_kill(tmp_path, synthetic_data):
 def test_auto_precision_uses_bf16_only_where_it_is_faster(monkeypatch, amx, precision, expected):
     import torch
 
-    from tunelab import engine
+    from tunelab.training import engine
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
@@ -185,8 +185,8 @@ def test_auto_precision_uses_bf16_only_where_it_is_faster(monkeypatch, amx, prec
 def test_forcing_bf16_without_hardware_support_is_a_clear_error(monkeypatch):
     import torch
 
-    from tunelab import engine
-    from tunelab.errors import TunelabError
+    from tunelab.training import engine
+    from tunelab.core.errors import TunelabError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)

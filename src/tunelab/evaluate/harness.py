@@ -1,0 +1,80 @@
+"""`tunelab eval`: score a finished run — of any stage, or a baseline — on named test files, side by side.
+
+The run's stage (or baseline) owns its evaluation: classify gives accuracy, per-class P/R/F1 and
+a confusion matrix; pretrain/sft loss and perplexity; reward pairwise accuracy and margin (rank
+correlation on ratings); dpo preference accuracy and margin; rlhf mean reward under a reward
+model. This module only opens the run, checks the options, asks the stage and writes
+``RUN/eval/<name>.json`` (+ a confusion PNG for classifiers).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..core.errors import TunelabError
+from ..runs import directory
+from ..runs.open import load, load_links, open_run
+from ..stages.base import EvalOptions
+from .report import format_report, plot_confusion
+
+__all__ = ["evaluate", "format_report", "parse_data_args"]
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_OPTION_FLAGS = {"threshold": "--threshold", "positive": "--positive"}
+
+
+def parse_data_args(items: list[str]) -> dict[str, str]:
+    """``NAME=FILE`` (or a bare ``FILE``, named after its stem) -> {name: file}, names unique."""
+    data: dict[str, str] = {}
+    for item in items:
+        name, file = item.split("=", 1) if "=" in item else (Path(item).stem, item)
+        if not _NAME.match(name):
+            raise TunelabError(f"--data {item}: the name '{name}' may use only letters, digits, '_', '-' and '.'")
+        if not file:
+            raise TunelabError(f"--data {item}: no file after '='")
+        if name in data:
+            raise TunelabError(f"--data: the name '{name}' is given twice")
+        data[name] = file
+    if not data:
+        raise TunelabError("give at least one test set: --data NAME=FILE")
+    return data
+
+
+def evaluate(run_dir: str | Path, data: dict[str, str], threshold: float | None = None, positive: str | None = None,
+             batch_size: int = 16, max_rows: int | dict[str, int] | None = None, reward_model: str | None = None,
+             write: bool = True) -> dict:
+    """Evaluate a finished run on every named test file; write ``eval/<name>.json`` (+ PNG) unless told not to.
+
+    ``max_rows`` scores only the first N rows of each file (an int, or {name: N}); ``reward_model``
+    replaces the reward run a stage scores with (rlhf).
+    """
+    run_dir = Path(run_dir)
+    info = open_run(run_dir)
+    owner = info.owner
+    given = {"threshold": threshold, "positive": positive}
+    for option, value in given.items():
+        if value is not None and option not in owner.EVAL_OPTIONS:
+            raise TunelabError(f"{_OPTION_FLAGS[option]} does not apply to {info.describe} (it applies to classifiers)")
+    links_needed = {link.field for link in getattr(owner, "LINKS", ())}
+    if reward_model is not None and "reward_model" not in links_needed:
+        raise TunelabError(f"--reward-model does not apply to {info.describe}")
+    for name, file in data.items():  # every file checked before any model is loaded
+        path = Path(file)
+        if not path.exists():
+            raise TunelabError(f"--data {name}={file}: file not found")
+        if path.is_dir():
+            raise TunelabError(f"--data {name}={file} is a directory, not a data file")
+    loaded = load(run_dir)
+    links = {} if info.baseline else load_links(info.config, overrides={"reward_model": reward_model} if reward_model else None)
+    reports = {}
+    for name, file in data.items():
+        cap = max_rows.get(name) if isinstance(max_rows, dict) else max_rows
+        options = EvalOptions(batch_size=batch_size, max_rows=cap, threshold=threshold, positive=positive, links=links)
+        reports[name] = owner.evaluate(loaded, name, file, options)
+    if write:
+        (run_dir / "eval").mkdir(exist_ok=True)
+        for name, report in reports.items():
+            directory.write_json_atomic(run_dir / "eval" / f"{name}.json", report)
+            if report["task"] == "classification":
+                plot_confusion(report, run_dir / "eval" / f"{name}_confusion.png", f"{run_dir.name} on {name}")
+    return {"run": str(run_dir), "stage": info.stage_name or info.baseline, "data": reports}

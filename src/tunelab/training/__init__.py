@@ -1,0 +1,1 @@
+"""Training: the engine (config -> trained run directory), multi-process launch, warm starts."""
