@@ -156,3 +156,37 @@ def test_sequence_logps_on_kept_positions_matches_full_logits(method, monkeypatc
     # Float summation order differs between the paths: relative 1e-4 on gradients of order 1-10.
     assert kept_grads and all(torch.allclose(g, dict(model.named_parameters())[n].grad, rtol=1e-4, atol=1e-5)
                               for n, g in kept_grads.items())
+
+
+def _step_zero(calls):
+    """The calls made before the first update: eval_before's (no grad), then the first training step's."""
+    first_step = next(i for i, (grad, *_) in enumerate(calls) if grad)
+    assert first_step > 0, "no evaluation before training"
+    return calls[: first_step + 1]
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_reference_is_the_policy_before_the_first_update_under_bf16(tmp_path, monkeypatch, method):
+    """Under mixed precision the Trainer wraps the policy's forward in bf16 autocast after the
+    ``full`` reference was copied; the reference runs that same forward, so at step 0 (evaluation
+    before training and the first step) both give identical log-probs and the loss is log 2."""
+    from tunelab.training import engine
+
+    monkeypatch.setattr(engine, "use_bf16", lambda precision: True)  # bf16 wherever autocast runs
+    calls, plain = [], dpo.dpo_loss
+
+    def recording(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, num_pairs=None):
+        loss, chosen, rejected = plain(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, num_pairs)
+        calls.append((torch.is_grad_enabled(), torch.cat([policy_chosen, policy_rejected]).detach(),
+                      torch.cat([ref_chosen, ref_rejected]), loss.detach()))
+        return loss, chosen, rejected
+
+    monkeypatch.setattr(dpo, "dpo_loss", recording)
+    data = write_rows(tmp_path / "pref.jsonl", SYNTHETIC_ROWS["preference"])
+    cfg = tiny_config("dpo", method, data, tmp_path / "runs", max_steps=1, eval_before=True)
+    cfg.update(name="dpo-bf16", stage={"name": "dpo"})
+    run = engine.train(cfg, quiet=True)
+    assert json.loads((run / "summary.json").read_text())["precision"] == "bf16"
+    for _, policy_logps, ref_logps, loss in _step_zero(calls):
+        assert torch.equal(policy_logps, ref_logps), (policy_logps - ref_logps).abs().max()
+        assert loss.item() == pytest.approx(math.log(2), rel=1e-6)

@@ -76,3 +76,35 @@ def test_the_trainer_counts_every_prompt_of_a_batch():
     batch = rlhf.PromptCollator(pad_token_id=0)([{"input_ids": [5, 6, 7], "prompt": "a"},
                                                  {"input_ids": [8, 9], "prompt": "b"}])
     assert int(batch["shift_labels"].ne(-100).sum()) == 2
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_reference_is_the_policy_before_the_first_update_under_bf16(tmp_path, monkeypatch, reward_run, method):
+    """The Trainer wraps the policy's forward in bf16 autocast after the ``full`` reference was
+    copied; the reference runs that same forward, so before the first update the log-ratio of
+    every response is exactly 0 and greedy policy and reference responses are the same."""
+    from tunelab.training import engine
+
+    monkeypatch.setattr(engine, "use_bf16", lambda precision: True)  # bf16 wherever autocast runs
+    calls, plain = [], rlhf.RLOOLoss._log_ratio
+
+    def recording(self, model, *args):
+        logps, kl = plain(self, model, *args)
+        calls.append((model.training, kl))
+        return logps, kl
+
+    monkeypatch.setattr(rlhf.RLOOLoss, "_log_ratio", recording)
+    data = write_rows(tmp_path / "prompts.jsonl", SYNTHETIC_ROWS["preference"])
+    cfg = tiny_config("rlhf", method, data, tmp_path / "runs", max_steps=1, eval_before=True)
+    cfg.update(name="rl-bf16", stage={"name": "rlhf", "reward_model": str(reward_run), "samples_per_prompt": 2,
+                                      "max_new_tokens": 6})
+    run = engine.train(cfg, quiet=True)
+    assert json.loads((run / "summary.json").read_text())["precision"] == "bf16"
+    first_step = next(i for i, (training, _) in enumerate(calls) if training)
+    assert first_step > 0, "no evaluation before training"
+    for _, kl in calls[: first_step + 1]:
+        assert torch.equal(kl, torch.zeros_like(kl)), kl
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    before = next(r for r in records if r.get("step") == 0 and "eval_reward" in r)
+    assert before["eval_kl"] == 0.0 and before["eval_win_rate"] == 0.5
+    assert before["eval_reward"] == before["eval_ref_reward"]
