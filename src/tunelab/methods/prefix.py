@@ -3,6 +3,10 @@
 Checked with transformers 5 llama: peft hands the prefix to the model as a ``DynamicCache``
 holding ``num_virtual_tokens`` positions per layer, in training and in ``generate`` (tests
 compare cached generation with an uncached greedy loop).
+
+Classifiers: peft runs their prefix only through a ``past_key_values`` argument, which transformers
+5.24 renamed; where the model no longer names it, ``_prefix_kv`` injects the same prefix at each
+attention layer instead, and the saved adapter stays peft's (stock ``PeftModel`` loads it).
 """
 from __future__ import annotations
 
@@ -35,6 +39,8 @@ class Config(MethodConfig):
 def apply(model, cfg: Config):
     from peft import PrefixTuningConfig
 
+    from . import _prefix_kv
+
     if cfg.encoder_hidden_size is not None and not cfg.prefix_projection:
         raise TunelabError("method.encoder_hidden_size applies only with method.prefix_projection=true")
     width = cfg.encoder_hidden_size
@@ -46,7 +52,7 @@ def apply(model, cfg: Config):
         prefix_projection=cfg.prefix_projection,
         encoder_hidden_size=width,
     )
-    return _peft.wrap(model, peft_cfg)
+    return _prefix_kv.attach(_peft.wrap(model, peft_cfg))
 
 
 def save(model, run_dir: Path) -> None:
@@ -55,4 +61,6 @@ def save(model, run_dir: Path) -> None:
 
 
 def load(model, run_dir: Path, cfg: Config):
-    return _peft.load(model, run_dir)
+    from . import _prefix_kv
+
+    return _prefix_kv.attach(_peft.load(model, run_dir))
