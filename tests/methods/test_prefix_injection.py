@@ -19,7 +19,7 @@ import math
 import pytest
 import torch
 
-from tunelab.classifier import build_classifier
+from tunelab.models.classifier import build_classifier
 from tunelab.methods import _prefix_kv, prefix
 from tunelab.models import SEQ_CLS, load_model
 

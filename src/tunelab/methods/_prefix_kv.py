@@ -28,7 +28,7 @@ import sys
 import torch
 from peft import PeftModelForSequenceClassification
 
-from ..errors import TunelabError
+from ..core.errors import TunelabError
 
 NAME = "tunelab_prefix+"  # + the original attention implementation
 SUPPORTED = ("sdpa", "eager")
