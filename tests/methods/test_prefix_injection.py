@@ -204,7 +204,7 @@ def test_masked_mean_pooling_still_ignores_padding():
 
 
 def test_a_layer_the_prefix_never_reaches_is_an_error():
-    from tunelab.errors import TunelabError
+    from tunelab.core.errors import TunelabError
 
     model, tokenizer = injected("tiny-bert")
     batch = tokenizer(TEXTS, return_tensors="pt", padding=True)
