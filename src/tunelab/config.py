@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -10,8 +9,8 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .core.errors import TunelabError
-from .methods import METHODS
 from .core.schema import StrictModel
+from .methods import METHODS
 from .stages import STAGES
 
 DataFormat = Literal["auto", "text", "instruction", "messages", "classification", "preference", "rating"]
@@ -208,7 +207,7 @@ def _describe_error(err: dict, raw: dict) -> str:
     kind = err["type"]
     if kind == "extra_forbidden" and cls is not None:
         valid = list(cls.model_fields)
-        hint = difflib.get_close_matches(path[-1], valid, n=1, cutoff=0.5)
+        hint = _close_matches(path[-1], valid, n=1, cutoff=0.5)
         where = f"{'.'.join(path[:-1]) + '.' if len(path) > 1 else ''}"
         suggestion = f"; did you mean '{where}{hint[0]}'?" if hint else f"; valid keys: {', '.join(valid)}"
         if len(path) == 2 and path[0] in ("method", "stage"):
@@ -225,10 +224,16 @@ def _describe_error(err: dict, raw: dict) -> str:
     if kind == "union_tag_invalid":
         registry = METHODS if path[0] == "method" else STAGES
         got = err.get("input", {}).get("name") if isinstance(err.get("input"), dict) else err.get("input")
-        hint = difflib.get_close_matches(str(got), list(registry), n=1)
+        hint = _close_matches(str(got), list(registry), n=1)
         more = f" (did you mean '{hint[0]}'?)" if hint else ""
         return f"unknown {path[0]} '{got}'{more}; choose from: {', '.join(registry)}"
     if kind == "missing":
         return f"missing required key '{dotted}'"
     value = err.get("input")
     return f"{dotted}: {err['msg'].lower()} (got {value!r})"
+
+
+def _close_matches(word: str, candidates, n: int = 1, cutoff: float = 0.6) -> list[str]:
+    import difflib  # only when an error needs a suggestion
+
+    return difflib.get_close_matches(word, list(candidates), n=n, cutoff=cutoff)

@@ -190,3 +190,29 @@ def test_reference_is_the_policy_before_the_first_update_under_bf16(tmp_path, mo
     for _, policy_logps, ref_logps, loss in _step_zero(calls):
         assert torch.equal(policy_logps, ref_logps), (policy_logps - ref_logps).abs().max()
         assert loss.item() == pytest.approx(math.log(2), rel=1e-6)
+
+
+def test_policy_dropout_is_off_so_step_zero_still_matches_the_reference(tmp_path, monkeypatch):
+    """LoRA with dropout 0.1: the policy trains in train mode, the reference runs in eval mode;
+    with the policy's dropout left on the first DPO loss would not be log 2."""
+    from tunelab.training import engine
+
+    calls, plain = [], dpo.dpo_loss
+
+    def recording(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, num_pairs=None):
+        loss, chosen, rejected = plain(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, num_pairs)
+        calls.append((torch.is_grad_enabled(), torch.cat([policy_chosen, policy_rejected]).detach(),
+                      torch.cat([ref_chosen, ref_rejected]), loss.detach()))
+        return loss, chosen, rejected
+
+    monkeypatch.setattr(dpo, "dpo_loss", recording)
+    data = write_rows(tmp_path / "pref.jsonl", SYNTHETIC_ROWS["preference"])
+    cfg = tiny_config("dpo", "lora", data, tmp_path / "runs", max_steps=1, precision="fp32")
+    cfg.update(name="dpo-dropout", stage={"name": "dpo"})
+    cfg["method"]["dropout"] = 0.1
+    engine.train(cfg, quiet=True)
+    training_calls = [c for c in calls if c[0]]
+    assert training_calls
+    _, policy_logps, ref_logps, loss = training_calls[0]
+    torch.testing.assert_close(policy_logps, ref_logps, rtol=0, atol=1e-5)
+    assert loss.item() == pytest.approx(math.log(2), rel=1e-6)

@@ -6,7 +6,6 @@ transformers can open.
 """
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import json
 import os
@@ -168,7 +167,7 @@ def resolve(spec: str) -> str:
 
 
 def _unknown_model(spec: str, reason: str) -> TunelabError:
-    hint = difflib.get_close_matches(spec, list(BUNDLED), n=1, cutoff=0.5)
+    hint = _close_matches(spec, list(BUNDLED), n=1, cutoff=0.5)
     more = f" (did you mean '{hint[0]}'?)" if hint else ""
     return TunelabError(
         f"model '{spec}' is not a bundled model or a local directory, and {reason}{more}; "
@@ -269,3 +268,9 @@ def list_models() -> list[dict]:
 def describe_model_dir(location: str) -> dict:
     cfg = json.loads((Path(location) / "config.json").read_text()) if Path(location).is_dir() else {}
     return {"model_type": cfg.get("model_type"), "path": location}
+
+
+def _close_matches(word: str, candidates, n: int = 1, cutoff: float = 0.6) -> list[str]:
+    import difflib  # only when an error needs a suggestion
+
+    return difflib.get_close_matches(word, list(candidates), n=n, cutoff=cutoff)

@@ -31,6 +31,7 @@ class Reference:
     def __init__(self, policy, frozen=None):
         """``frozen``: the starting policy as its own model (evaluating a finished full run)."""
         policy = _unwrap(policy)
+        disable_dropout(policy)
         self.shares_weights = frozen is None and hasattr(policy, "disable_adapter")  # a peft model
         if self.shares_weights:
             self.model = policy
@@ -55,6 +56,18 @@ class Reference:
             else:
                 _same_forward(self._policy, self.model)
                 yield self.model
+
+
+def disable_dropout(model) -> None:
+    """Dropout off in the policy (TRL's ``disable_dropout`` does the same for DPO/RLOO).
+
+    Both losses compare the policy with its reference, which runs without dropout; with dropout
+    on in the policy alone (e.g. ``method.dropout=0.1`` for LoRA) the two would differ before any
+    update, and the loss would not start at its neutral value (log 2 for DPO, zero KL for RLOO).
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
 
 
 def _same_forward(policy, reference) -> None:
