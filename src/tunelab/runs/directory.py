@@ -7,10 +7,12 @@ run_dir/
   loss.png         train/eval loss curves
   tokenizer/       the tokenizer
   adapter/ | model/ | ...   weights, written by the method's save()
-  checkpoints/     Trainer checkpoints (for --resume)
+  checkpoints/     Trainer checkpoints (for --resume); each is written under checkpoints/.staging/
+                   and renamed into place once complete, so a checkpoint-N directory is never half-written
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -35,13 +37,181 @@ def check_writable(directory: Path) -> None:
         raise TunelabError(f"output directory {directory} is not writable")
 
 
+STAGING = ".staging"  # checkpoints/.staging/checkpoint-N: a checkpoint being written
+_DELETING = ".deleting-"  # checkpoints/.deleting-checkpoint-N-...: a checkpoint being removed
+
+
+def _step(path: Path) -> int | None:
+    name = path.name
+    return int(name[len("checkpoint-"):]) if name.startswith("checkpoint-") and name[len("checkpoint-"):].isdigit() else None
+
+
+def _complete(path: Path) -> bool:
+    """A checkpoint-N directory is complete once renamed into place; trainer_state.json is written last
+    (checkpoints from before atomic saves have nothing else to go by)."""
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return path.is_dir()
+
+
+def complete_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest (lowest step) first."""
+    found = [p for p in Path(checkpoints_dir).glob("checkpoint-*") if _step(p) is not None and _complete(p)]
+    return sorted(found, key=_step)
+
+
 def last_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint (Trainer writes trainer_state.json last; a run killed mid-save
-    leaves a checkpoint without it, which cannot be resumed)."""
-    checkpoints = sorted((p for p in (Path(run_dir) / "checkpoints").glob("checkpoint-*")
-                          if (p / "trainer_state.json").is_file()),
-                         key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
+    """The newest complete checkpoint: never one being written (those live in checkpoints/.staging)
+    nor one torn by a kill before checkpoints were atomic (no readable trainer_state.json)."""
+    checkpoints = complete_checkpoints(Path(run_dir) / "checkpoints")
     return checkpoints[-1] if checkpoints else None
+
+
+def _fsync_tree(directory: Path) -> None:
+    for root, _, files in os.walk(directory):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint so that no kill can leave it looking complete: rename it away, then delete."""
+    doomed = path.with_name(f"{_DELETING}{path.name}-{os.getpid()}-{time.monotonic_ns()}")
+    os.rename(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def publish_checkpoint(staged: Path, final: Path) -> None:
+    """Make a fully written checkpoint visible: flush it to disk, then rename it to its final name."""
+    staged, final = Path(staged), Path(final)
+    _fsync_tree(staged)
+    if final.exists():  # the same step saved again, or a torn pre-atomic leftover: replace it
+        _remove(final)
+    os.rename(staged, final)
+    _fsync_dir(final.parent)
+    try:
+        staged.parent.rmdir()  # the staging directory, now empty
+    except OSError:
+        pass
+
+
+def rotate_checkpoints(checkpoints_dir: Path, keep: int) -> None:
+    """Keep the newest `keep` complete checkpoints (by step); remove every other checkpoint-* directory."""
+    checkpoints_dir = Path(checkpoints_dir)
+    kept = set(complete_checkpoints(checkpoints_dir)[-keep:])
+    for path in checkpoints_dir.glob("checkpoint-*"):
+        if path not in kept and path.is_dir():
+            _remove(path)
+
+
+def clean_partial_checkpoints(run_dir: Path) -> None:
+    """Remove what a killed run left half-done: checkpoints being written or being deleted."""
+    checkpoints_dir = Path(run_dir) / "checkpoints"
+    shutil.rmtree(checkpoints_dir / STAGING, ignore_errors=True)
+    for path in checkpoints_dir.glob(f"{_DELETING}*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """On resume: drop the records a killed run logged after its checkpoint (they will be logged again)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+        with os.fdopen(fd, "w") as handle:
+            handle.write("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held for the whole run by the process training it.
+
+    The lock is a flock on ``output_dir/.<name>.lock`` (next to the run directory, which --overwrite
+    and failed runs delete); the kernel drops it when the process exits, however it dies.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir.parent / f".{self.run_dir.name}.lock"
+        self.fd: int | None = None
+        self.created_parent = False
+
+    def acquire(self) -> "RunLock":
+        parent = self.path.parent
+        check_writable(parent)
+        if not parent.exists():
+            parent.mkdir(parents=True, exist_ok=True)
+            self.created_parent = True
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # another run's release removed the (then empty) output directory
+                parent.mkdir(parents=True, exist_ok=True)
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 64).decode(errors="replace").strip()
+                os.close(fd)
+                self._undo_parent()
+                raise TunelabError(
+                    f"run directory {self.run_dir} is in use by another tunelab train process"
+                    f"{f' (pid {holder})' if holder.isdigit() else ''}; wait for it to finish or stop it, "
+                    f"or set name=... for a new run") from None
+            # A holder that was releasing may have unlinked the file we opened: lock the file on disk.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)  # while still holding it (acquire() checks it locked the file on disk)
+        except FileNotFoundError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+        self._undo_parent()
+
+    def _undo_parent(self) -> None:
+        if self.created_parent:  # leave no empty output directory behind a run that did not start
+            try:
+                self.path.parent.rmdir()
+            except OSError:
+                pass
+            self.created_parent = False
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def prepare(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:

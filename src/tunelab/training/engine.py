@@ -1,9 +1,12 @@
 """The training path, top to bottom: load model -> apply method -> build data -> train -> evaluate -> save."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import random
 import resource
+import signal
 import sys
 import time
 from pathlib import Path
@@ -101,6 +104,7 @@ def _scale_out_arguments(t) -> dict:
 
 def _make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, quiet, links):
     from transformers import Trainer, TrainerCallback
+    from transformers.trainer_pt_utils import LengthGroupedSampler
 
     class MetricsLogger(TrainerCallback):
         """Append every log record to metrics.jsonl (adding perplexity next to eval loss)."""
@@ -112,6 +116,12 @@ def _make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, quie
             if "eval_loss" in record and getattr(stage, "LOSS_IS_NLL", False):
                 record["eval_perplexity"] = math.exp(min(record["eval_loss"], 50))
             rundir.append_jsonl(run_dir / "metrics.jsonl", record)
+
+    class FiniteLossGuard(TrainerCallback):
+        """Before each optimizer step: stop the run if a micro-batch loss was NaN/inf (weights untouched)."""
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            trainer.check_losses_finite()
 
     # A stage whose loss needs state (a frozen reference, a reward model) builds it once here;
     # such a loss may also report numbers beyond the loss via pop_metrics(training) -> dict.
@@ -141,15 +151,133 @@ def _make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, quie
             real = torch.as_tensor(real, device=self.args.device, dtype=torch.int64)
             self.state.num_input_tokens_seen += self.accelerator.gather(real).sum().item()
 
-    return StageTrainer(
+        # ---- faults: exact resume, atomic checkpoints, a NaN/inf loss stops the run
+
+        _staging: str | None = None  # while a checkpoint is written: where (see _save_checkpoint)
+
+        def _get_train_sampler(self, train_dataset=None):
+            # The stock length-grouped sampler shuffles with the global RNG, whose state at an epoch's
+            # start no checkpoint holds (evaluation and loader setup draw from it too): a resumed run
+            # then saw other batches. Seeded by (data_seed, epoch), the order is the same however
+            # often the run was interrupted.
+            sampler = super()._get_train_sampler(train_dataset)
+            if type(sampler) is LengthGroupedSampler:
+                seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+                return EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, seed)
+            return sampler
+
+        def evaluate(self, *args, **kwargs):
+            # Evaluation between a checkpoint and the next step must not move the RNG training uses
+            # (dropout): the resumed run restores the state saved at the checkpoint and evaluates nothing.
+            with _rng_preserved():
+                return super().evaluate(*args, **kwargs)
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if os.environ.get("TUNELAB_TEST_NAN_AT_STEP") == str(self.state.global_step + 1):
+                loss = loss * float("nan")  # test hook (tests/test_faults.py): a loss that became NaN
+            self._step_losses.append(loss.detach())
+            return loss
+
+        def check_losses_finite(self):
+            """One check (one device sync) per optimizer step, on every rank alike."""
+            if not self._step_losses:
+                return
+            losses = torch.stack([loss.reshape(()).float() for loss in self._step_losses])
+            self._step_losses = []
+            bad = losses[~torch.isfinite(losses)][:1]
+            count = self.accelerator.gather(torch.tensor([bad.numel()], device=losses.device)).sum().item()
+            if not count:
+                return
+            value = f"{bad.item()}" if bad.numel() else "not finite"
+            step = self.state.global_step + 1
+            kept = rundir.last_checkpoint(run_dir)
+            where = (f"the last good checkpoint {kept} is kept: continue from it with --resume "
+                     f"(e.g. with a lower train.lr)" if kept is not None else
+                     "no checkpoint had been saved yet, so there is nothing to resume (lower train.lr, "
+                     "or save checkpoints more often with train.save_steps)")
+            raise TunelabError(f"train loss became {value} at step {step} (train.lr={self.args.learning_rate:g}); "
+                               f"stopped before the optimizer step; {where}")
+
+        def _get_output_dir(self, trial):
+            return self._staging if self._staging is not None else super()._get_output_dir(trial)
+
+        def _save_checkpoint(self, model, trial):
+            # Atomic checkpoints: the Trainer writes checkpoint-N under checkpoints/.staging/, which is
+            # flushed and renamed into checkpoints/ once every file (every rank's) is on disk. A kill
+            # at any moment leaves only complete checkpoints under checkpoints/; rotation happens
+            # after, by step number, so the newest complete checkpoint is never the one deleted.
+            final_root = Path(super()._get_output_dir(trial))
+            staging = final_root / rundir.STAGING
+            name = f"checkpoint-{self.state.global_step}"
+            if self.args.should_save:
+                import shutil
+
+                shutil.rmtree(staging / name, ignore_errors=True)
+            self.accelerator.wait_for_everyone()
+            self._staging = str(staging)
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging = None
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                rundir.publish_checkpoint(staging / name, final_root / name)
+                rundir.rotate_checkpoints(final_root, self.args.save_total_limit)
+            self.accelerator.wait_for_everyone()
+
+        def _save_rng_state(self, output_dir):
+            # Test hook (tests/test_faults.py): die by SIGKILL in the middle of writing checkpoint N,
+            # after the weights, optimizer and scheduler, before the RNG state and trainer_state.json.
+            if os.environ.get("TUNELAB_TEST_KILL_IN_CHECKPOINT") == str(self.state.global_step):
+                os.kill(os.getpid(), signal.SIGKILL)
+            super()._save_rng_state(output_dir)
+
+    trainer = StageTrainer(
         model=model,
         args=_training_arguments(cfg, run_dir, bool(eval_ds), quiet),
         train_dataset=train_ds,
         eval_dataset=eval_ds or None,
         data_collator=stage.collate(tokenizer),
         processing_class=tokenizer,
-        callbacks=[MetricsLogger()],
+        callbacks=[MetricsLogger(), FiniteLossGuard()],
     )
+    trainer._step_losses = []  # this optimizer step's micro-batch losses (see check_losses_finite)
+    return trainer
+
+
+class EpochSeededLengthGroupedSampler:
+    """transformers' length-grouped order (batches of similar length, longest first), shuffled by a
+    generator seeded with seed + epoch instead of the global RNG; the Trainer calls set_epoch."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        self.batch_size, self.lengths, self.seed, self.epoch = batch_size, lengths, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+@contextlib.contextmanager
+def _rng_preserved():
+    """Run a block without changing the python, numpy or torch (CPU and CUDA) RNG states."""
+    import numpy as np
+
+    states = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []):
+        try:
+            yield
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
 
 
 def _packed_real_tokens(input_ids: torch.Tensor, position_ids: torch.Tensor, pad_id: int) -> int:
@@ -186,8 +314,17 @@ def _check_resumable(cfg: RunConfig, run_dir: Path) -> None:
 
 def train(config: RunConfig | str | Path | dict, overrides: list[str] | None = None, *,
           resume: bool = False, overwrite: bool = False, quiet: bool = False) -> Path:
-    """Run one fine-tuning job as the config says; return the run directory."""
+    """Run one fine-tuning job as the config says; return the run directory.
+
+    The run directory is locked for the whole run: a second `train` aimed at it refuses at once.
+    """
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
+    # Only rank 0 judges/changes the run directory (and locks it); other ranks just follow it.
+    with rundir.RunLock(cfg.run_dir) if is_main_process() else contextlib.nullcontext():
+        return _train(cfg, resume=resume, overwrite=overwrite, quiet=quiet)
+
+
+def _train(cfg: RunConfig, *, resume: bool, overwrite: bool, quiet: bool) -> Path:
     stage, method = STAGES[cfg.stage.name], METHODS[cfg.method.name]
     cfg = _unpacked_if_needed(cfg, method)
     run_dir = cfg.run_dir
@@ -219,6 +356,9 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | None = N
 
     if overwrite and not resume and main:
         rundir.clear(run_dir)
+    if checkpoint and main:
+        rundir.clean_partial_checkpoints(run_dir)
+        rundir.truncate_metrics(run_dir, int(checkpoint.name.split("-")[-1]))
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         trainer = _make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, quiet, links)
