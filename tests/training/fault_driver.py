@@ -36,7 +36,7 @@ def _preload() -> None:
     from transformers import Trainer  # noqa: F401
 
     import tunelab.cli  # noqa: F401
-    import tunelab.engine  # noqa: F401
+    import tunelab.training.engine  # noqa: F401
     from tunelab.methods import METHODS  # noqa: F401
     from tunelab.stages import STAGES  # noqa: F401
 
@@ -142,7 +142,7 @@ def _scenario(spec: dict, logs: Path, timeout: float) -> dict:
             raise ValueError(when)
         started = time.time()
         rc = _wait(_spawn(args, logs / f"kill{i}.log", env), timeout, until)
-        from tunelab.rundir import last_checkpoint
+        from tunelab.runs.directory import last_checkpoint
 
         newest = last_checkpoint(run)
         report["kills"].append({

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, SYNTHETIC_ROWS, run_cli, tiny_config, write_config, write_rows
 
-from tunelab.rundir import last_checkpoint
+from tunelab.runs.directory import last_checkpoint
 
 DRIVER = Path(__file__).with_name("fault_driver.py")
 TOLERANCE = 1e-5
