@@ -9,7 +9,7 @@ import torch
 from conftest import SYNTHETIC_ROWS, tiny_config, write_config, write_rows
 from tunelab.config import load_config
 from tunelab.methods import lora
-from tunelab.models import load_model, load_tokenizer
+from tunelab.models import load_model
 from tunelab.stages import dpo, _reference
 
 
@@ -170,9 +170,9 @@ def test_reference_is_the_policy_before_the_first_update_under_bf16(tmp_path, mo
     """Under mixed precision the Trainer wraps the policy's forward in bf16 autocast after the
     ``full`` reference was copied; the reference runs that same forward, so at step 0 (evaluation
     before training and the first step) both give identical log-probs and the loss is log 2."""
-    from tunelab.training import engine
+    from tunelab.training import engine, trainer
 
-    monkeypatch.setattr(engine, "use_bf16", lambda precision: True)  # bf16 wherever autocast runs
+    monkeypatch.setattr(trainer, "use_bf16", lambda precision: True)  # bf16 wherever autocast runs
     calls, plain = [], dpo.dpo_loss
 
     def recording(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, num_pairs=None):

@@ -83,9 +83,9 @@ def test_reference_is_the_policy_before_the_first_update_under_bf16(tmp_path, mo
     """The Trainer wraps the policy's forward in bf16 autocast after the ``full`` reference was
     copied; the reference runs that same forward, so before the first update the log-ratio of
     every response is exactly 0 and greedy policy and reference responses are the same."""
-    from tunelab.training import engine
+    from tunelab.training import engine, trainer
 
-    monkeypatch.setattr(engine, "use_bf16", lambda precision: True)  # bf16 wherever autocast runs
+    monkeypatch.setattr(trainer, "use_bf16", lambda precision: True)  # bf16 wherever autocast runs
     calls, plain = [], rlhf.RLOOLoss._log_ratio
 
     def recording(self, model, *args):

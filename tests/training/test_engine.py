@@ -173,22 +173,22 @@ def test_resume_after_kill(tmp_path, synthetic_data):
 def test_auto_precision_uses_bf16_only_where_it_is_faster(monkeypatch, amx, precision, expected):
     import torch
 
-    from tunelab.training import engine
+    from tunelab.training import trainer
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    assert engine.use_bf16(precision) is expected
+    assert trainer.use_bf16(precision) is expected
 
 
 def test_forcing_bf16_without_hardware_support_is_a_clear_error(monkeypatch):
     import torch
 
-    from tunelab.training import engine
+    from tunelab.training import trainer
     from tunelab.core.errors import TunelabError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
     with pytest.raises(TunelabError, match="train.precision=bf16"):
-        engine.use_bf16("bf16")
+        trainer.use_bf16("bf16")

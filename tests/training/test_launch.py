@@ -35,7 +35,7 @@ def test_bad_config_fails_once_before_any_process_starts(tiny_run_config, cli):
 
 def test_deepspeed_and_fsdp_settings_reach_the_trainer(tmp_path):
     from tunelab.config import TrainConfig
-    from tunelab.training.engine import _scale_out_arguments
+    from tunelab.training.trainer import _scale_out_arguments
     from tunelab.core.errors import TunelabError
 
     ds = tmp_path / "ds.json"
