@@ -195,4 +195,4 @@ def test_head_with_a_generative_stage(tiny_run_config, cli_here):
 def test_threshold_on_a_language_model_run(trained_run, tmp_path, cli_here):
     data = write_rows(tmp_path / "d.jsonl", SYNTHETIC_ROWS["dolly"])
     rc, _, err = cli_here("eval", trained_run("sft", "lora"), "--data", f"d={data}", "--threshold", "0.3")
-    _one_line_error(rc, err, "apply to classification runs")
+    _one_line_error(rc, err, "does not apply to a sft run")
