@@ -72,10 +72,18 @@ def test_reward_end_to_end_from_cli(cli, tmp_path, method, model):
     assert math.isfinite(float(out.strip().splitlines()[-1]))
 
 
-def test_reward_from_ratings_reports_pairs(cli, tmp_path):
+def test_reward_from_ratings_reports_pairs_and_evaluates_rank_correlation(cli, tmp_path):
     rc, out, err = _train(cli, tmp_path, RATINGS, "lora", data_options={"eval_fraction": 0.0})
     assert rc == 0, err[-3000:]
     assert "ratings ->" in err and "pairs" in err
+    run = Path(out.strip().splitlines()[-1])
+    ratings = write_rows(tmp_path / "ratings_test.jsonl", RATINGS)
+    rc, out, err = cli("eval", run, "--data", f"r={ratings}", "--json")
+    assert rc == 0, err[-3000:]
+    report = json.loads(out)["data"]["r"]
+    assert report["task"] == "reward" and report["ratings"] == len(RATINGS)
+    assert report["n"] == 5  # pairs: snow 5 > 1 (twice), grass 4 > 3 > 2 (three); the tie (1, 1) makes none
+    assert -1.0 <= report["spearman"] <= 1.0 and -1.0 <= report["kendall_tau"] <= 1.0
 
 
 def test_score_refuses_a_run_that_is_not_a_reward_model(cli, tmp_path, trained_run):
