@@ -5,7 +5,6 @@ import copy
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .core.errors import TunelabError
@@ -107,6 +106,8 @@ class RunConfig(StrictModel):
         return Path(self.output_dir) / str(self.name)
 
     def to_yaml(self) -> str:
+        import yaml
+
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
@@ -133,6 +134,8 @@ def validate_config(raw: dict, origin: str = "config") -> RunConfig:
 
 
 def _read_yaml(path: Path) -> dict:
+    import yaml  # here, not at import: validating a dict config needs no YAML parser
+
     if not path.is_file():
         raise TunelabError(f"config file not found: {path}")
     try:
@@ -148,6 +151,8 @@ def _read_yaml(path: Path) -> dict:
 
 
 def _parse_override(item: str) -> tuple[str, Any]:
+    import yaml
+
     if "=" not in item:
         raise TunelabError(f"override '{item}' is not KEY=VALUE (e.g. train.epochs=1)")
     key, text = item.split("=", 1)
