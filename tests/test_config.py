@@ -181,3 +181,17 @@ def test_shorthand_override_after_dotted_keys_keeps_them_and_still_checks_them(t
     assert cfg.method.name == "lora" and cfg.method.r == 8
     with pytest.raises(TunelabError, match="alpah"):
         load_config(base, ["method.alpah=3", "method=lora"])
+
+
+def test_config_imports_and_validates_without_torch():
+    """Validating a config (the CLI's first step; a server checking a job) must not pay for torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tunelab.config as c; "
+            "c.load_config({'model': 'tiny-llama', 'stage': 'sft', 'method': {'name': 'lora', 'r': 4}, "
+            "'data': {'train': 'x.jsonl'}}); "
+            "heavy = [m for m in ('torch', 'transformers', 'peft', 'trl', 'numpy') if m in sys.modules]; "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
