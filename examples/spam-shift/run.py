@@ -7,6 +7,7 @@ OUTPUT_DIR/results.{md,json}.
 
     python examples/spam-shift/run.py            # fast profile (minutes on 2 CPU cores)
     python examples/spam-shift/run.py --full     # all data, longer inputs (much longer)
+    python examples/spam-shift/run.py --smoke    # seconds: tiny random models, a few rows (checks it runs)
 """
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ PROFILES = {
     "fast": {"overrides": [], "test_rows": {"email": 200, "sms": 400}, "zeroshot_rows": 100, "zeroshot_tokens": 48},
     "full": {"overrides": ["data.max_rows=null", "train.max_length=128"], "test_rows": None,
              "zeroshot_rows": None, "zeroshot_tokens": 128},
+    # The whole scenario on the tiny random models: the numbers mean nothing, the path is the real one.
+    "smoke": {"overrides": ["model=tiny-bert", "data.max_rows=32", "train.max_steps=2", "train.batch_size=8"],
+              "test_rows": {"email": 16, "sms": 16}, "zeroshot_rows": 4, "zeroshot_tokens": 32,
+              "zeroshot_model": "tiny-llama", "backbone": "tiny-bert"},
 }
 ZEROSHOT = {
     "model": "smollm2-135m",
@@ -63,6 +68,8 @@ def format_table(rows: list[dict], title: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="All training/test data and max_length 128.")
+    parser.add_argument("--smoke", action="store_true",
+                        help="Seconds: tiny-bert/tiny-llama, 32 rows, 2 steps (checks the script runs; numbers mean nothing).")
     parser.add_argument("--methods", default=",".join(METHODS), help="Comma-separated methods (default: %(default)s).")
     parser.add_argument("--model", default=None, help="Backbone instead of the configs' minilm-l6 (e.g. smollm2-135m).")
     parser.add_argument("--no-zeroshot", action="store_true", help="Skip the zero-shot baseline.")
@@ -79,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     from tunelab.baselines.zeroshot import ZeroShotConfig
     from tunelab.runs.baseline import create_baseline_run
 
-    profile_name = "full" if args.full else "fast"
+    if args.full and args.smoke:
+        parser.error("--full and --smoke exclude each other")
+    profile_name = "full" if args.full else "smoke" if args.smoke else "fast"
     profile = PROFILES[profile_name]
     out = Path(args.output_dir)
     overrides = profile["overrides"] + [f"output_dir={out}"] + ([f"model={args.model}"] if args.model else []) + args.set
@@ -95,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.no_zeroshot:
             progress("zero-shot baseline ...")
-            zs_cfg = ZeroShotConfig(**ZEROSHOT, max_length=profile["zeroshot_tokens"])
+            zs_cfg = ZeroShotConfig(**{**ZEROSHOT, "model": profile.get("zeroshot_model", ZEROSHOT["model"])},
+                                    max_length=profile["zeroshot_tokens"])
             run = create_baseline_run(out / "zeroshot", "zeroshot", zs_cfg, overwrite=True)
             summary = json.loads((run / "summary.json").read_text())
             rows.append(_row("zero-shot", f"none ({zs_cfg.model})", summary, score(run, profile["zeroshot_rows"])))
@@ -113,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     elapsed = time.time() - started
-    backbone = args.model or "minilm-l6"
+    backbone = args.model or profile.get("backbone", "minilm-l6")
     title = (f"spam-shift, {profile_name} profile, backbone {backbone} -- {time.strftime('%Y-%m-%d')}, "
              f"{platform.machine()} {os.cpu_count()} CPU cores, {elapsed / 60:.1f} min total")
     table = format_table(rows, title)

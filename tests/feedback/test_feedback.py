@@ -28,16 +28,17 @@ def files(tmp_path):
 
 @pytest.fixture
 def server(files):
-    """Start the page on a free loopback port; yield (base url, app); stop it."""
+    """Start the page on a free port at make_server's default host; yield (base url, app); stop it."""
     started = []
 
     def start():
         prompts, responses, out = files
         app = FeedbackApp(read_prompts(prompts), out, read_responses(responses))
-        httpd = make_server(app, "127.0.0.1", 0)
+        httpd = make_server(app, port=0)  # the default host: what a caller gets without asking
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         started.append(httpd)
-        return f"http://127.0.0.1:{httpd.server_address[1]}", app
+        host, port = httpd.server_address[:2]
+        return f"http://{host}:{port}", app
 
     yield start
     for httpd in started:
@@ -67,6 +68,7 @@ def _lines(out: Path, name: str) -> list[dict]:
 
 def test_binds_loopback_and_bad_posts_are_4xx_and_write_nothing(server, files):
     url, app = server()
+    assert url.startswith("http://127.0.0.1:"), f"the page is not bound to loopback by default: {url}"
     assert app.store.directory == files[2]
     urllib.request.urlopen(url + "/").read()  # shows the first item
     first = item_id(PROMPTS[0])
@@ -174,3 +176,64 @@ def test_click_through_judgements_in_headless_chromium(server, files, tmp_path):
     by_text = {(r["prompt"], r["response"]): r["score"] for r in ratings}
     for prompt, _, left, right in expected:
         assert by_text[(prompt, left)] == 5 and by_text[(prompt, right)] == 2
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def _cli_default(name: str):
+    import inspect
+
+    from tunelab import cli
+
+    return inspect.signature(cli.feedback).parameters[name].default.default  # typer.Option(default, ...)
+
+
+def test_cli_defaults_are_loopback_and_the_port_the_readme_gives():
+    from conftest import REPO_ROOT
+
+    host, port = _cli_default("host"), _cli_default("port")
+    assert host == "127.0.0.1"
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert f"# http://{host}:{port}" in readme, f"README does not give the default address http://{host}:{port}"
+    assert f"({host} by default)" in readme
+
+
+def test_feedback_cli_serves_on_loopback_and_saves_a_judgement(files):
+    """`tunelab feedback` end to end: the page comes up on 127.0.0.1 (not asked for), a posted
+    judgement lands in preference.jsonl, and Ctrl-C stops it cleanly."""
+    import os
+    import queue
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    prompts, responses, out = files
+    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "feedback", "--prompts", str(prompts),
+                             "--responses", str(responses), "--out", str(out), "--port", "0"],
+                            cwd=REPO_ROOT, env=os.environ.copy(), stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+    seen = []
+    try:
+        while not seen or "feedback page:" not in seen[-1]:
+            seen.append(lines.get(timeout=120))  # queue.Empty: the page never came up
+        match = re.search(r"feedback page: (http://([\d.]+):(\d+))/", seen[-1])
+        assert match, seen
+        url, host = match.group(1), match.group(2)
+        assert host == "127.0.0.1"
+        assert PROMPTS[0] in urllib.request.urlopen(url + "/", timeout=60).read().decode()
+        assert _post(url, {"item": item_id(PROMPTS[0]), "choice": "a"}) == 303
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            seen.append("(did not stop within 60 s of SIGINT)")
+    assert proc.returncode == 0, "".join(seen)[-2000:]
+    assert [p["prompt"] for p in _lines(out, "preference.jsonl")] == [PROMPTS[0]]

@@ -128,9 +128,14 @@ class Trained:
 @lru_cache(maxsize=None)
 def trained(case: Case, root: Path) -> Trained:
     """Apply the method, train 3 AdamW steps, save into a run directory; cached per case."""
-    model, tokenizer = fresh_base(case)
+    # The untrained method is compared with an independently loaded base (same seed, so the same
+    # new head), never with the model it was applied to: `full`/`freeze` return that very object.
+    reference, tokenizer = fresh_base(case)
     inputs = batch(tokenizer, case)
-    base_logits, base_counts = logits_of(model, inputs), count_params(model)
+    base_logits = logits_of(reference, inputs)
+    del reference
+    model, _ = fresh_base(case)
+    base_counts = count_params(model)
     base_ids = {id(p) for p in model.parameters()}
     model = METHODS[case.method].apply(model, case.config())
     initial_logits = logits_of(model, inputs)
@@ -165,7 +170,9 @@ def test_forward_works(case, result):
 
 @cases(lambda case: case.identity_at_init)
 def test_untrained_method_leaves_output_unchanged(case, result):
-    if case.method == "adapter":  # up-projection starts at zero: h + 0 is exactly h
+    """Against a separately loaded base model: `full`/`freeze` only set requires_grad, so for them
+    this checks that apply() leaves every weight as loaded (it must not re-initialise or cast)."""
+    if case.method in ("adapter", "full", "freeze"):  # adapter: up-projection starts at zero, h + 0 is h
         assert torch.equal(result.initial_logits, result.base_logits)
     else:
         torch.testing.assert_close(result.initial_logits, result.base_logits, atol=1e-5, rtol=0)
@@ -211,14 +218,28 @@ def test_save_then_load_reproduces_logits_exactly(case, result):
 
 
 @cases(lambda case: hasattr(METHODS[case.method], "merge"))
-def test_merged_output_equals_unmerged(case, result):
+def test_merged_output_equals_unmerged(case, result, tmp_path):
+    """Merging a run loaded on a fresh base gives a plain transformers model that, written with
+    save_pretrained and read back by stock transformers, reproduces the trained model's output.
+
+    For `full`/`freeze` merge returns its argument, so comparing it with the unmerged model would
+    compare a model with itself; the save/reload against the model that trained is the real check.
+    """
+    import transformers
+
     module = METHODS[case.method]
-    base, _ = fresh_base(case, seed=1)
+    trained_logits = logits_of(result.model, result.inputs)
+    base, _ = fresh_base(case, seed=1)  # another head: only the saved weights can make it match
     loaded = module.load(base, result.run_dir, case.config())
     unmerged = logits_of(loaded, result.inputs)
     merged = module.merge(loaded)
     assert not any("lora_" in n or "ia3_" in n for n, _ in merged.named_parameters()), "merge left adapters behind"
+    stock = getattr(transformers, type(merged).__name__, None)
+    assert stock is type(merged), f"merge returned {type(merged).__qualname__}, not a plain transformers model"
     torch.testing.assert_close(logits_of(merged, result.inputs), unmerged, atol=1e-5, rtol=0)
+    merged.save_pretrained(tmp_path / "merged")
+    reloaded = stock.from_pretrained(tmp_path / "merged")
+    torch.testing.assert_close(logits_of(reloaded, result.inputs), trained_logits, atol=1e-5, rtol=0)
 
 
 @cases(lambda case: case.peft)

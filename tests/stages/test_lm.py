@@ -76,12 +76,50 @@ def test_per_example_attention_matches_the_block_mask_in_logits_and_gradients():
         torch.testing.assert_close(g1[name], g0[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_sft_models_train_with_per_example_attention(tmp_path):
+def test_sft_models_train_with_per_example_attention(tmp_path, monkeypatch, synthetic_data):
+    """A real (in-process) packed SFT run: the training forwards go through the per-example
+    attention, split at exactly the boundaries of the examples packed into each row."""
+    from conftest import tiny_config
+    from tunelab.config import load_config
+    from tunelab.models import load_tokenizer
     from tunelab.stages import sft
+    from tunelab.training import engine
 
-    cfg = type("Cfg", (), {"model": "tiny-llama"})()
-    model, _ = sft.build_model(cfg)
+    cfg = tiny_config("sft", "lora", synthetic_data("dolly"), tmp_path / "runs", max_steps=2, max_length=256)
+    model, _ = sft.build_model(load_config(cfg))
     assert model.config._attn_implementation == packed_attention.NAME
+    train_rows, _ = sft.build_datasets(load_config(cfg), load_tokenizer("tiny-llama"))
+    packed_layouts = {_example_lengths(row["position_ids"]) for row in train_rows}
+    assert any(len(lengths) > 1 for lengths in packed_layouts), "the test data no longer packs"
+
+    seen, plain = [], packed_attention.packed_sdpa_forward
+
+    def recording(module, query, key, value, attention_mask, *args, **kwargs):
+        if torch.is_grad_enabled() and attention_mask is None:
+            seen.append(kwargs["position_ids"].clone())
+        return plain(module, query, key, value, attention_mask, *args, **kwargs)
+
+    monkeypatch.setattr(packed_attention, "packed_sdpa_forward", recording)
+    packed_attention.register()  # the attention registry now holds the recording forward
+    try:
+        engine.train(cfg, quiet=True)
+    finally:
+        monkeypatch.undo()
+        packed_attention.register()
+    assert seen, "no training forward went through the per-example attention"
+    split = []
+    for row in (row for positions in seen for row in positions):
+        lengths = tuple(end - start for start, end in packed_attention._segments(row[None])[0])
+        # a row shorter than the batch is padded: its padding is one more (ignored) segment
+        assert lengths in packed_layouts or lengths[:-1] in packed_layouts, (lengths, packed_layouts)
+        split.append(len(lengths) > 1)
+    assert any(split), "no training row was attended per example"
+
+
+def _example_lengths(position_ids) -> tuple:
+    """Lengths of the examples packed into a row (positions restart at 0 for each)."""
+    starts = [i for i, p in enumerate(position_ids) if p == 0] + [len(position_ids)]
+    return tuple(b - a for a, b in zip(starts, starts[1:]))
 
 
 def test_padding_fraction_is_counted():

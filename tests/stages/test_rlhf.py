@@ -1,9 +1,12 @@
-"""Stage `rlhf`: RLOO advantages, an end-to-end CLI run against a tiny reward model, bad input."""
+"""Stage `rlhf`: RLOO advantages and KL-penalised returns by hand, prompt counting in the Trainer,
+an end-to-end CLI run against a tiny reward model, bad input."""
 import json
+import types
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from conftest import SYNTHETIC_ROWS, tiny_config, write_config, write_rows
 from tunelab.stages import rlhf
@@ -13,6 +16,51 @@ def test_rloo_advantage_is_leave_one_out():
     returns = torch.tensor([[1.0, 2.0, 6.0], [0.0, 0.0, 3.0]])
     expected = torch.tensor([[1 - 4.0, 2 - 3.5, 6 - 1.5], [0 - 1.5, 0 - 1.5, 3 - 0.0]])
     assert torch.allclose(rlhf.rloo_advantages(returns), expected)
+
+
+def test_rloo_returns_and_advantages_by_hand(monkeypatch):
+    """returns = r - beta * (log pi - log ref); advantage = return - mean of the other k-1 returns;
+    loss = -sum(advantage * log pi) / (prompts * k). Two prompts, k = 2, beta = 0.5:
+
+        r     = [1, 0 | 2, 2]      log pi - log ref = [1, -1 | 0, 2]
+        R     = [0.5, 0.5 | 2, 1]  advantages       = [0, 0 | 1, -1]
+
+    The better reward of the first prompt's first sample is exactly paid for by its KL.
+    """
+    logps = torch.tensor([-1.0, -3.0, -2.0, -2.0], requires_grad=True)
+    ref_logps = torch.tensor([-2.0, -2.0, -2.0, -4.0])
+    rewards = [1.0, 0.0, 2.0, 2.0]
+    prompt = torch.tensor([[5, 6], [7, 8]])
+    monkeypatch.setattr(rlhf.RLOOLoss, "_generate", lambda self, model, ids, mask, sample: torch.cat(
+        [ids.repeat_interleave(2, 0), torch.tensor([[9, 2]] * 4)], dim=1))
+    monkeypatch.setattr(rlhf.RLOOLoss, "_log_ratio", lambda self, *args: (logps, logps.detach() - ref_logps))
+    monkeypatch.setattr(rlhf, "reward_score", lambda loaded, prompts, texts: rewards)
+
+    stage = types.SimpleNamespace(samples_per_prompt=2, beta=0.5, max_new_tokens=2)
+    tokenizer = types.SimpleNamespace(eos_token_id=2, pad_token_id=0, batch_decode=lambda ids, **_: ["x"] * len(ids))
+    loss_fn = rlhf.RLOOLoss(types.SimpleNamespace(stage=stage), nn.Linear(1, 1), tokenizer,
+                            types.SimpleNamespace(model=nn.Linear(1, 1)))
+    batch = {"input_ids": prompt, "attention_mask": torch.ones_like(prompt), "prompts": ["p", "q"]}
+    loss, _ = loss_fn(nn.Linear(1, 1), batch, 2)
+    advantages = torch.tensor([0.0, 0.0, 1.0, -1.0])
+    assert loss.item() == pytest.approx(-(advantages * logps.detach()).sum().item() / 4)
+    loss.backward()
+    torch.testing.assert_close(logps.grad, -advantages / 4)
+
+    logps.grad = None
+    stage.beta = 0.0  # no penalty: the higher reward alone wins
+    loss, _ = loss_fn(nn.Linear(1, 1), batch, 2)
+    loss.backward()
+    torch.testing.assert_close(logps.grad, -torch.tensor([1.0, -1.0, 0.0, 0.0]) / 4)
+
+
+def test_rloo_advantage_sign_follows_the_return():
+    returns = torch.tensor([[3.0, 1.0, 2.0], [-1.0, -1.0, -1.0]])
+    advantages = rlhf.rloo_advantages(returns)
+    assert advantages[0, 0] > 0 > advantages[0, 1]  # best above the others' mean, worst below
+    assert advantages[0].argmax() == returns[0].argmax() and advantages[0].argmin() == returns[0].argmin()
+    torch.testing.assert_close(advantages[1], torch.zeros(3))  # equal returns: no preference
+    torch.testing.assert_close(advantages.sum(1), torch.zeros(2))  # k/(k-1) x centred returns sum to 0
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +117,26 @@ def test_example_configs_validate(name):
     assert cfg.stage.name == name and cfg.model == "smollm2-135m"
 
 
-def test_the_trainer_counts_every_prompt_of_a_batch():
-    """Causal-LM Trainers count labels[..., 1:]; per-prompt batches carry shift_labels counted as is."""
-    from tunelab.stages import rlhf
+def test_the_trainer_counts_every_prompt_of_a_batch(tmp_path, monkeypatch, reward_run):
+    """Causal-LM Trainers count labels[..., 1:] (one fewer per batch); per-prompt batches carry
+    shift_labels, counted as is. Checked on the real Trainer: with 2 prompts per micro-batch and
+    2 micro-batches per step, the loss is normalised by 4 prompts on every micro-batch."""
+    from tunelab.training import engine
 
-    batch = rlhf.PromptCollator(pad_token_id=0)([{"input_ids": [5, 6, 7], "prompt": "a"},
-                                                 {"input_ids": [8, 9], "prompt": "b"}])
-    assert int(batch["shift_labels"].ne(-100).sum()) == 2
+    seen, plain = [], rlhf.RLOOLoss.__call__
 
+    def recording(self, model, batch, num_items_in_batch=None):
+        if model.training:
+            seen.append((len(batch["prompts"]), int(num_items_in_batch)))
+        return plain(self, model, batch, num_items_in_batch)
+
+    monkeypatch.setattr(rlhf.RLOOLoss, "__call__", recording)
+    data = write_rows(tmp_path / "prompts.jsonl", SYNTHETIC_ROWS["preference"])
+    cfg = tiny_config("rlhf", "lora", data, tmp_path / "runs", max_steps=1, batch_size=2, grad_accum=2)
+    cfg.update(name="rl-count", stage={"name": "rlhf", "reward_model": str(reward_run), "samples_per_prompt": 2,
+                                       "max_new_tokens": 2})
+    engine.train(cfg, quiet=True)
+    assert seen == [(2, 4), (2, 4)], seen
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_reference_is_the_policy_before_the_first_update_under_bf16(tmp_path, monkeypatch, reward_run, method):
