@@ -5,12 +5,10 @@ Runs go through the CLI in a subprocess on tiny-llama and SYNTHETIC data (confte
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import yaml
-from conftest import EXAMPLES_DIR, REPO_ROOT, tiny_config, write_config
+from conftest import EXAMPLES_DIR, tiny_config, write_config
 
 import tunelab
 from tunelab.config import load_config

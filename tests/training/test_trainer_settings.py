@@ -11,13 +11,13 @@ from conftest import tiny_config
 
 from tunelab.config import load_config
 from tunelab.runs.directory import read_jsonl
-from tunelab.training import engine
+from tunelab.training import engine, trainer
 
 
 def _arguments(tmp_path, has_eval=True, **train):
     cfg = load_config({"model": "tiny-llama", "stage": "sft", "method": "lora", "data": {"train": "unused.jsonl"},
                        "train": train})
-    return engine._training_arguments(cfg, tmp_path, has_eval=has_eval, quiet=True)
+    return trainer._training_arguments(cfg, tmp_path, has_eval=has_eval, quiet=True)
 
 
 def _learning_rates(args, steps: int) -> list[float]:
