@@ -64,6 +64,13 @@ class TrainConfig(StrictModel):
     fsdp_config: dict | None = Field(None, description="Extra FSDP options passed to the Trainer (fsdp_config).")
     eval_before: bool = Field(True, description="Evaluate once before training, so every run reports before/after.")
 
+    @field_validator("max_steps")
+    @classmethod
+    def _steps(cls, value: int) -> int:
+        if value == 0 or value < -1:  # the Trainer would silently train for train.epochs instead
+            raise ValueError("must be -1 (train for train.epochs) or a positive number of steps")
+        return value
+
 
 def _union(registry: dict, what: str):
     configs = tuple(module.Config for module in registry.values())
@@ -136,10 +143,14 @@ def validate_config(raw: dict, origin: str = "config") -> RunConfig:
 def _read_yaml(path: Path) -> dict:
     import yaml  # here, not at import: validating a dict config needs no YAML parser
 
+    if path.is_dir():
+        raise TunelabError(f"config file {path} is a directory; give a run config YAML file")
     if not path.is_file():
         raise TunelabError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise TunelabError(f"config file {path} is not UTF-8 text (a YAML file is expected)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

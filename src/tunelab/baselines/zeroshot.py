@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from ..core.errors import TunelabError
-from ..core.lazy import torch
+from ..core.lazy import inference_mode, torch
 from ..core.schema import StrictModel
 from ..models import CAUSAL_LM, SEQ_CLS, load_model
 from ..stages.base import EvalOptions
@@ -66,7 +66,7 @@ class ZeroShotClassifier:
         rendered = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
         return self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
 
-    @torch.inference_mode()
+    @inference_mode  # torch.inference_mode(), entered at call time (no torch import with this module)
     def _answer_scores(self, prompts: list[list[int]], answer: list[int] | None) -> torch.Tensor:
         """log P(answer | prompt) per prompt; with ``answer=None``, log P(first token) for every label word."""
         from ..data.collate import pad_right

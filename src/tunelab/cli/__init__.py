@@ -78,10 +78,14 @@ def data_inspect(
 ):
     """Detected format, row count, token-length stats and one rendered example (trained span in ⟦ ⟧)."""
     from ..data.inspect import inspect_data
-    from ..models import load_tokenizer
 
-    fields = dict(item.split("=", 1) for item in field or [] if "=" in item)
-    report = inspect_data(file, load_tokenizer(model), data_format, fields)
+    fields = {}
+    for item in field or []:
+        if "=" not in item:
+            raise TunelabError(f"--field {item}: expected CANONICAL=COLUMN, e.g. response=answer")
+        canonical, column = item.split("=", 1)
+        fields[canonical.strip()] = column.strip()
+    report = inspect_data(file, model, data_format, fields)  # the data is read before the tokenizer loads
     t = report["tokens"]
     print(f"source:  {report['source']}\nformat:  {report['format']}\nrows:    {report['rows']}")
     print(f"tokens:  min {t['min']}  median {t['median']}  p95 {t['p95']}  max {t['max']}  ({model} tokenizer)")
@@ -114,9 +118,9 @@ def generate(
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy."),
 ):
     """Generate a reply to PROMPT."""
-    from ..runs.open import load
+    from ..runs.open import load_generator
 
-    print(load(run_or_model).generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature))
+    print(load_generator(run_or_model).generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature))
 
 
 @app.command()
@@ -126,9 +130,9 @@ def chat(
     temperature: float = typer.Option(0.0, "--temperature", min=0.0),
 ):
     """Interactive chat (empty line or Ctrl-D ends it)."""
-    from ..runs.open import load
+    from ..runs.open import load_generator
 
-    loaded = load(run_or_model)
+    loaded = load_generator(run_or_model, "chat")
     messages: list[dict] = []
     while True:
         try:
@@ -204,7 +208,8 @@ def zeroshot(
         cfg = ZeroShotConfig(**settings)
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise TunelabError(f"--{err['loc'][0]}: {err['msg']}") from None
+        message = err["msg"].removeprefix("Value error, ")
+        raise TunelabError(f"--{str(err['loc'][0]).replace('_', '-')}: {message} (got {err['input']!r})") from None
     print(create_baseline_run(out, "zeroshot", cfg, overwrite=overwrite))
 
 
@@ -235,18 +240,38 @@ def feedback(
 
     if (responses is None) == (not model):
         raise TunelabError("give either --responses FILE or --model (once or twice), not both or neither")
+    prompt_list, given = read_prompts(prompts), read_responses(responses) if responses else None  # before any model loads
     generator = Generator(list(model), max_new_tokens) if model else None
-    app_ = FeedbackApp(read_prompts(prompts), out, read_responses(responses) if responses else None, generator)
+    app_ = FeedbackApp(prompt_list, out, given, generator)
     serve(app_, host, port)
 
 
 def main() -> None:
+    try:  # typer >= 0.2x vendors click as typer._click; older typer uses click itself
+        from typer._click import exceptions as click
+    except ImportError:
+        from click import exceptions as click
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        app()
+        code = app(standalone_mode=False)  # click's own errors come here too, to be printed as one line
+    except click.NoArgsIsHelpError as exc:  # `tunelab` alone: the help is already printed
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:  # a missing argument, an unknown option, a value out of range
+        where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        print(f"error: {exc.format_message()}{where}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
     except TunelabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+    if isinstance(code, int) and code:  # typer.Exit(code) / ctx.exit(code) inside a command
+        sys.exit(code)

@@ -6,6 +6,7 @@ module is imported on first attribute access, i.e. when a model is actually buil
 """
 from __future__ import annotations
 
+import functools
 import importlib
 from types import ModuleType
 
@@ -30,3 +31,22 @@ class LazyModule:
 torch = LazyModule("torch")
 F = LazyModule("torch.nn.functional")
 np = LazyModule("numpy")
+
+
+def _entered_at_call(context: str):
+    """A decorator like ``@torch.<context>()`` that enters the context at call time, so decorating
+    module-level functions does not import torch with their module."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with getattr(torch, context)():
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+inference_mode = _entered_at_call("inference_mode")
+no_grad = _entered_at_call("no_grad")

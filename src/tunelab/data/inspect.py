@@ -39,7 +39,12 @@ def mark_trained(tokenizer, encoded: dict) -> str:
 
 
 def inspect_data(source: str, tokenizer, data_format: str = "auto", fields: dict | None = None) -> dict:
+    """``tokenizer``: a tokenizer, or a model spec whose tokenizer is loaded once the data has been read."""
     fmt, examples = load_file(source, data_format, fields)
+    if isinstance(tokenizer, str):
+        from ..models import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer)
     lengths = _lengths(fmt, examples, tokenizer)
     first = examples[0]
     if fmt in ("instruction", "messages"):

@@ -40,8 +40,12 @@ def _read_file(path: Path) -> list[dict]:
     if kind == "json":
         return _read_json(path)
     if kind == "csv":
-        with path.open(errors="replace") as handle:
-            if sum(1 for line in handle if line.strip()) <= 1:  # datasets' own error here is cryptic
+        with path.open(encoding="utf-8") as handle:
+            try:
+                lines = sum(1 for line in handle if line.strip())
+            except UnicodeDecodeError:  # datasets' own errors for both are cryptic
+                raise TunelabError(f"data file {path} is not UTF-8 text") from None
+            if lines <= 1:
                 raise TunelabError(f"data file {path} has no rows (only a header)")
     return _read_with_datasets(path, kind)
 
@@ -53,6 +57,10 @@ def _read_jsonl(path: Path) -> list[dict]:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
+                if not rows and line.lstrip().startswith("[") and path.suffix.lower() != ".json" \
+                        and _is_json_array_of_objects(path):
+                    raise TunelabError(f"data file {path} holds a JSON array, but {path.suffix} means JSON lines "
+                                       "(one object per line); rename it to .json or write one object per line")
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
@@ -63,6 +71,14 @@ def _read_jsonl(path: Path) -> list[dict]:
         except UnicodeDecodeError:
             raise TunelabError(f"data file {path} is not UTF-8 text") from None
     return rows
+
+
+def _is_json_array_of_objects(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(data, list) and bool(data) and all(isinstance(row, dict) for row in data)
 
 
 def _read_json(path: Path) -> list[dict]:
@@ -88,6 +104,8 @@ def _read_with_datasets(path: Path, kind: str) -> list[dict]:
     try:
         return load_dataset(kind, data_files=str(path), split="train").to_list()
     except Exception as exc:  # datasets raises many types; all mean "unreadable"
+        for _ in range(8):  # the innermost reason, not datasets' "an error occurred while generating"
+            exc = exc.__cause__ or exc.__context__ or exc
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TunelabError(f"data file {path} is not readable as {kind}: {first}") from None
 

@@ -55,6 +55,8 @@ def evaluate(run_dir: str | Path, data: dict[str, str], threshold: float | None 
     for option, value in given.items():
         if value is not None and option not in owner.EVAL_OPTIONS:
             raise TunelabError(f"{_OPTION_FLAGS[option]} does not apply to {info.describe} (it applies to classifiers)")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:  # before the model loads, not after
+        raise TunelabError(f"--threshold must be between 0 and 1 (got {threshold})")
     links_needed = {link.field for link in getattr(owner, "LINKS", ())}
     if reward_model is not None and "reward_model" not in links_needed:
         raise TunelabError(f"--reward-model does not apply to {info.describe}")

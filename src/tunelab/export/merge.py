@@ -4,9 +4,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import torch
-
 from ..core.errors import TunelabError
+from ..core.lazy import no_grad, torch
 from ..methods import METHODS
 from ..runs.directory import check_writable
 from ..runs.open import load, open_run
@@ -40,7 +39,7 @@ def merge_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     return out_dir
 
 
-@torch.no_grad()
+@no_grad
 def _check_reloads_identically(model, tokenizer, out_dir: Path, run_dir: Path) -> None:
     """Stock transformers must rebuild the same model from ``out_dir`` (a stage may have changed
     the architecture beyond what config.json can say, e.g. a weight-free pooler or an MLP head)."""

@@ -48,7 +48,11 @@ def read_prompts(path: str | Path) -> list[str]:
     if path.suffix == ".txt":
         if not path.is_file():
             raise TunelabError(f"prompts file not found: {path}")
-        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise TunelabError(f"prompts file {path} is not UTF-8 text") from None
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
     else:
         rows = read_rows(str(path))
         if "prompt" not in rows[0]:
@@ -79,10 +83,10 @@ class Generator:
     def __init__(self, sources: list[str], max_new_tokens: int = 128, temperature: float = 0.8):
         if not 1 <= len(sources) <= 2:
             raise TunelabError("give one model/run (two samples of it) or two (one response each)")
-        from ..runs.open import load
+        from ..runs.open import load_generator
 
         self.sources = sources
-        self.models = [load(source) for source in sources]
+        self.models = [load_generator(source, "--model") for source in sources]
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
         self._lock = threading.Lock()  # one generation at a time: the models are not thread-safe
 
@@ -104,7 +108,6 @@ class FeedbackApp:
     def __init__(self, prompts: list[str], out_dir: str | Path, responses: dict | None = None, generator=None):
         if (responses is None) == (generator is None):
             raise TunelabError("feedback needs responses from a file or a model to generate them (exactly one)")
-        self.store = JudgementStore(out_dir)
         self.generator = generator
         self.items: dict[str, Item] = {}
         for prompt in prompts:
@@ -118,6 +121,7 @@ class FeedbackApp:
             self.items[item.id] = item
         if not self.items:
             raise TunelabError("no prompt has two different responses to compare")
+        self.store = JudgementStore(out_dir)  # only once the input is good: a refused start leaves no directory
         self.done = self.store.done_items() & set(self.items)
         self._lock = threading.Lock()
 

@@ -20,7 +20,10 @@ PREFERENCE, RATING, JUDGEMENTS = "preference.jsonl", "rating.jsonl", "judgements
 
 class JudgementStore:
     def __init__(self, directory: str | Path):
+        from ..runs.directory import check_writable
+
         self.directory = Path(directory)
+        check_writable(self.directory)  # one-line error for a path that cannot be created (a file, /proc/...)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
 

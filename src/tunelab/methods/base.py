@@ -6,7 +6,8 @@ A method module exposes:
   - ``save(model, run_dir)``: write the trained weights into the run directory;
   - ``load(model, run_dir, cfg) -> model``: rebuild the trained model on a fresh base;
   - optionally ``merge(model) -> model``: fold the method into plain base weights;
-  - optionally ``PACKING_UNSUPPORTED = "why"``: the engine then trains on unpacked rows.
+  - optionally ``PACKING_UNSUPPORTED = "why"``: the engine then trains on unpacked rows;
+  - optionally ``check_stage(stage_module)``: raise if the method cannot serve that stage (before loading).
 The training engine never asks which method it holds.
 """
 from __future__ import annotations

@@ -13,9 +13,21 @@ from typing import Literal
 from pydantic import Field
 
 from ..core.errors import TunelabError
+from ..models import SEQ_CLS
 from .base import MethodConfig
 
 DIRECTORY = "head"  # run_dir/head/head.safetensors (+ head.json)
+
+
+def _needs_a_classifier(stage: str = "sft/pretrain") -> TunelabError:
+    return TunelabError(f"method 'head' trains a task head on frozen features; it needs stage classify, "
+                        f"not a generative stage ({stage})")
+
+
+def check_stage(stage) -> None:
+    """Before anything loads: only a stage that trains a classifier (classify, reward) has a head."""
+    if stage.MODEL_KIND != SEQ_CLS:
+        raise _needs_a_classifier(stage.Config.model_fields["name"].default)
 
 
 class Config(MethodConfig):
@@ -30,8 +42,7 @@ def apply(model, cfg: Config):
     from ..models.feature_cache import CachedFeatureHead
 
     if not is_classifier(model):
-        raise TunelabError("method 'head' trains a task head on frozen features; it needs stage classify, "
-                           "not a generative stage (sft/pretrain)")
+        raise _needs_a_classifier()
     for param in model.parameters():
         param.requires_grad_(False)
     for param in head_module(model).parameters():

@@ -8,14 +8,16 @@ from .loading import (
     CAUSAL_LM,
     SEQ_CLS,
     BundledModel,
+    DeferredTokenizer,
     cache_root,
     count_params,
     describe_model_dir,
     list_models,
     load_model,
     load_tokenizer,
+    max_positions,
     resolve,
 )
 
-__all__ = ["BUNDLED", "CAUSAL_LM", "SEQ_CLS", "BundledModel", "cache_root", "count_params", "describe_model_dir",
-           "list_models", "load_model", "load_tokenizer", "resolve"]
+__all__ = ["BUNDLED", "CAUSAL_LM", "SEQ_CLS", "BundledModel", "DeferredTokenizer", "cache_root", "count_params", "describe_model_dir",
+           "list_models", "load_model", "load_tokenizer", "max_positions", "resolve"]

@@ -163,6 +163,8 @@ def resolve(spec: str) -> str:
         return str(path.resolve())
     if path.exists():
         raise TunelabError(f"model '{spec}' is a file, not a model directory")
+    if spec.startswith(("/", "./", "../", "~")) or spec.count("/") > 1:  # a path, never a Hub id (owner/name)
+        raise TunelabError(f"model '{spec}': {path} does not exist")
     return spec  # a Hub id; loading decides whether it can be fetched
 
 
@@ -180,20 +182,49 @@ def _offline() -> bool:
 
 
 def load_tokenizer(spec: str):
+    location = resolve(spec)  # a bad spec fails before transformers is imported
     from transformers import AutoTokenizer
 
-    location = resolve(spec)
     try:
         tok = AutoTokenizer.from_pretrained(location)
-    except OSError as exc:
-        raise _hub_error(spec, exc) from None
+    except (OSError, ValueError) as exc:  # ValueError: a local directory without a usable tokenizer
+        raise _hub_error(spec, exc, "tokenizer") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     return tok
 
 
-def _hub_error(spec: str, exc: Exception) -> TunelabError:
+class DeferredTokenizer:
+    """``load_tokenizer(spec)``, loaded on first use: a stage given one reads and checks its data
+    before anything imports transformers (seconds), so bad data fails at once."""
+
+    def __init__(self, spec: str):
+        object.__setattr__(self, "_spec", spec)
+        object.__setattr__(self, "_tokenizer", None)
+
+    def _get(self):
+        if self._tokenizer is None:
+            object.__setattr__(self, "_tokenizer", load_tokenizer(self._spec))
+        return self._tokenizer
+
+    def __getattr__(self, name: str):
+        return getattr(self._get(), name)
+
+    def __setattr__(self, name: str, value) -> None:
+        setattr(self._get(), name, value)
+
+    def __call__(self, *args, **kwargs):
+        return self._get()(*args, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
+def _hub_error(spec: str, exc: Exception, what: str = "config") -> TunelabError:
     text = str(exc)
+    if Path(spec).expanduser().is_dir():  # a local model directory: the Hub is not involved
+        first = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+        return TunelabError(f"model directory {spec}: cannot load its {what} ({first})")
     if _offline() or "offline" in text.lower() or "connect" in text.lower() or "resolve" in text.lower():
         return _unknown_model(spec, "the Hugging Face Hub cannot be reached (offline)")
     if "not a valid model identifier" in text or "404" in text or "Repository Not Found" in text:
@@ -203,10 +234,10 @@ def _hub_error(spec: str, exc: Exception) -> TunelabError:
 
 def load_model(spec: str, kind: str = CAUSAL_LM, num_labels: int | None = None, dtype=None):
     """Load (model, tokenizer) for a stage's model kind. Weights stay fp32 (the default); autocast does bf16."""
+    location = resolve(spec)  # a bad spec fails before transformers is imported
     dtype = dtype or torch.float32
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    location = resolve(spec)
     try:
         config = AutoConfig.from_pretrained(location)
     except (OSError, ValueError) as exc:
@@ -215,13 +246,40 @@ def load_model(spec: str, kind: str = CAUSAL_LM, num_labels: int | None = None, 
     if kind == CAUSAL_LM:
         if config.model_type in ("bert", "roberta", "distilbert", "electra", "deberta-v2"):
             raise TunelabError(f"model '{spec}' is an encoder ({config.model_type}); this stage needs a decoder LM")
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
-    else:
-        extra = {"num_labels": num_labels} if num_labels else {}
-        model = AutoModelForSequenceClassification.from_pretrained(location, dtype=dtype, **extra)
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = tokenizer.pad_token_id
+    auto = AutoModelForCausalLM if kind == CAUSAL_LM else AutoModelForSequenceClassification
+    extra = {"num_labels": num_labels} if num_labels and kind != CAUSAL_LM else {}
+    try:
+        model = auto.from_pretrained(location, dtype=dtype, **extra)
+    except OSError as exc:  # e.g. a model directory without weights
+        raise _hub_error(spec, exc, "weights") from None
+    if kind != CAUSAL_LM and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def max_positions(spec: str) -> int | None:
+    """The positions the model can attend to (``max_position_embeddings`` in its config.json), read
+    without loading weights (or transformers, for a local model); None when its config does not say."""
+    location = Path(resolve(spec))
+    if (location / "config.json").is_file():
+        try:
+            config = json.loads((location / "config.json").read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise TunelabError(f"model directory {spec}: config.json is not valid JSON") from None
+        config = config if isinstance(config, dict) else {}
+    else:  # a Hub id: transformers fetches (or, offline, refuses) its config
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(str(location)).to_dict()
+        except (OSError, ValueError) as exc:
+            raise _hub_error(spec, exc) from None
+    config = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def count_params(model) -> tuple[int, int]:

@@ -27,14 +27,21 @@ INDEX_FILE = "runs.sqlite"
 
 
 def check_writable(directory: Path) -> None:
+    """Can ``directory`` be created (or written, if it exists)? Tried for real in its nearest existing
+    ancestor, since permission bits do not tell: root passes os.access() but cannot write under /proc."""
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise TunelabError(f"output directory {directory} is not writable: it is a file, not a directory")
     probe_dir = directory
-    while not probe_dir.exists():
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
         probe_dir = probe_dir.parent
-    if not probe_dir.is_dir() or not os.access(probe_dir, os.W_OK | os.X_OK):
-        raise TunelabError(f"output directory {directory} is not writable")
-    if directory.exists() and not os.access(directory, os.W_OK | os.X_OK):
-        raise TunelabError(f"output directory {directory} is not writable")
+    if not probe_dir.is_dir():
+        raise TunelabError(f"output directory {directory} is not writable: {probe_dir} is a file, not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".tunelab-probe-", dir=probe_dir))
+    except OSError as exc:
+        raise TunelabError(f"output directory {directory} is not writable: cannot create anything in "
+                           f"{probe_dir} ({exc.strerror or type(exc).__name__})") from None
 
 
 STAGING = ".staging"  # checkpoints/.staging/checkpoint-N: a checkpoint being written
@@ -306,11 +313,17 @@ def index_run(output_dir: Path, run_dir: Path, summary: dict, metric_name: str) 
 
 
 def list_runs(output_dir: Path) -> list[dict]:
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise TunelabError(f"--output-dir {output_dir} is a file, not a directory of runs")
     if not (Path(output_dir) / INDEX_FILE).exists():
         return []
-    db = _connect(output_dir)
-    cursor = db.execute("SELECT * FROM runs ORDER BY finished_at")
-    columns = [c[0] for c in cursor.description]
-    rows = [dict(zip(columns, row)) for row in cursor.fetchall()]
-    db.close()
+    try:
+        db = _connect(output_dir)
+        cursor = db.execute("SELECT * FROM runs ORDER BY finished_at")
+        columns = [c[0] for c in cursor.description]
+        rows = [dict(zip(columns, row)) for row in cursor.fetchall()]
+        db.close()
+    except sqlite3.DatabaseError as exc:
+        raise TunelabError(f"run index {Path(output_dir) / INDEX_FILE} is not a readable runs database ({exc}); "
+                           "move it away and the next finished run starts a new one") from None
     return [row for row in rows if Path(row["run_dir"]).exists()]

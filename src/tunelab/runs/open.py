@@ -165,6 +165,16 @@ def load_scorer(path: str | Path) -> Loaded:
     return load(path)
 
 
+def load_generator(run_or_model: str | Path, what: str = "generate") -> Loaded:
+    """A finished run whose model generates text (or any model spec), checked before anything is loaded."""
+    if is_run_dir(run_or_model):
+        info = open_run(run_or_model, what)
+        if info.model_kind != CAUSAL_LM:
+            raise TunelabError(f"{what}: {run_or_model} is {info.describe}: its model scores or classifies text "
+                               "and cannot generate; use `tunelab eval` (or `tunelab score`)")
+    return load(run_or_model)
+
+
 def load(run_or_model: str | Path) -> Loaded:
     """``tunelab.load``: a finished run directory (base + trained weights) or any model spec."""
     path = Path(run_or_model)

@@ -14,12 +14,11 @@ import yaml
 from ..config import RunConfig, load_config
 from ..core.errors import TunelabError
 from ..methods import METHODS
-from ..models import count_params, load_tokenizer, resolve
+from ..models import DeferredTokenizer, count_params, max_positions, resolve
 from ..runs import directory as rundir
 from ..runs.open import check_links, load_links
 from ..stages import STAGES
 from . import warm_start
-from .trainer import make_trainer
 
 
 def _log(message: str) -> None:
@@ -41,6 +40,15 @@ def _unpacked_if_needed(cfg: RunConfig, method) -> RunConfig:
                            "set train.packing=false")
     _log(f"note: method {cfg.method.name} trains without packing ({reason})")
     return cfg.model_copy(update={"train": cfg.train.model_copy(update={"packing": False})})
+
+
+def _check_max_length(cfg: RunConfig) -> None:
+    """train.max_length within the model's context (its config.json, read without loading weights)."""
+    limit = max_positions(cfg.model)
+    if limit is not None and cfg.train.max_length > limit:
+        raise TunelabError(f"train.max_length={cfg.train.max_length} is beyond the context of model '{cfg.model}' "
+                           f"({limit} positions, max_position_embeddings in its config.json); "
+                           f"set train.max_length to at most {limit}")
 
 
 def _check_resumable(cfg: RunConfig, run_dir: Path) -> None:
@@ -68,6 +76,8 @@ def train(config: RunConfig | str | Path | dict, overrides: list[str] | None = N
 
 def _train(cfg: RunConfig, *, resume: bool, overwrite: bool, quiet: bool) -> Path:
     stage, method = STAGES[cfg.stage.name], METHODS[cfg.method.name]
+    if hasattr(method, "check_stage"):
+        method.check_stage(stage)  # a method that cannot serve the stage fails before anything loads
     cfg = _unpacked_if_needed(cfg, method)
     run_dir = cfg.run_dir
     main = is_main_process()
@@ -75,15 +85,17 @@ def _train(cfg: RunConfig, *, resume: bool, overwrite: bool, quiet: bool) -> Pat
     checkpoint = rundir.prepare(run_dir, resume, overwrite) if main else (rundir.last_checkpoint(run_dir) if resume else None)
 
     # Everything that can fail on bad input happens before the run directory is touched.
-    from transformers import set_seed
-
-    set_seed(cfg.train.seed)
     # Runs this one builds on (init_from, stage.policy, stage.reward_model) are opened and checked
     # here, before any loading; the loaded models are handed down to the stage.
     if cfg.init_from:
         warm_start.inherit(cfg, stage)  # an incompatible earlier run fails here
     check_links(cfg)
-    train_ds, eval_ds = stage.build_datasets(cfg, load_tokenizer(cfg.model))  # may learn settings (labels)
+    _check_max_length(cfg)
+    # The data is read and checked before the tokenizer loads; may learn settings (labels).
+    train_ds, eval_ds = stage.build_datasets(cfg, DeferredTokenizer(cfg.model))
+    from transformers import set_seed
+
+    set_seed(cfg.train.seed)  # nothing above draws random numbers (the data split has its own seeded RNG)
     if checkpoint:
         _check_resumable(cfg, run_dir)
     links = load_links(cfg)
@@ -103,6 +115,8 @@ def _train(cfg: RunConfig, *, resume: bool, overwrite: bool, quiet: bool) -> Pat
         rundir.truncate_metrics(run_dir, int(checkpoint.name.split("-")[-1]))
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
+        from .trainer import make_trainer  # torch and transformers: only once the input has passed every check
+
         trainer = make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, quiet, links)
         if trainer.is_world_process_zero():
             (run_dir / "config.yaml").write_text(cfg.to_yaml())

@@ -1,0 +1,514 @@
+"""Bad input across every command: one table of cases, each a real `python -m tunelab ...` subprocess.
+
+Every case must answer with one `error:` line on stderr that names the file/field/value concerned,
+exit 2, print no traceback and nothing on stdout, and leave no half-written run or output directory.
+The cases run as root in CI, so none relies on permission bits (root ignores chmod): a directory
+nobody can write is one under /proc, or one whose parent is a regular file.
+
+The subprocesses run concurrently (a thread pool started once for this module, for the selected
+cases only); each parametrised test then checks its case. A case whose run is refused from its
+config.yaml and summary.json alone (wrong kind, unfinished, a baseline) gets finished classify /
+reward runs written by hand ({classify}, {reward}); cases that load weights use the session's real
+tiny SFT-LoRA run ({sft}, ``trained_run``). All data is SYNTHETIC (conftest).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import yaml
+from conftest import SYNTHETIC_ROWS, run_cli, tiny_config, write_config, write_rows
+from test_cli_errors import assert_no_run_left, assert_user_error
+
+WORKERS = 3  # subprocesses at once; most of each is importing torch, so more only queues on 2 cores
+RUNS = ("sft",)  # placeholder {sft}: the real trained run; {classify} and {reward} are written by hand
+UNWRITABLE = "/proc/tunelab-bad-input"  # not even root can create anything under /proc
+NOT_UTF8 = b"\xff\xfe\x00\x81 binary \x00\x9c\xfa\n\x00\x00\x8f"
+NAME = "bad"  # every config names its run, so the run directory that must not appear is known
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    build: Callable[["Ctx"], dict]  # writes the inputs under ctx.tmp; returns {placeholder: value} for args
+    args: tuple[str, ...]  # the command line; "{x}" filled from build's dict, {tmp} and the runs
+    fragments: tuple[str, ...]  # the error line holds each one
+    absent: tuple[str, ...] = ()  # paths that must not exist afterwards (besides {tmp}/runs/<any run>)
+    needs: tuple[str, ...] = ()  # finished runs its build uses (those named in args are found by themselves)
+
+    @property
+    def runs(self) -> set[str]:
+        return set(self.needs) | {kind for kind in RUNS for arg in self.args if "{" + kind + "}" in arg}
+
+
+class Ctx:
+    """One case's world: its own tmp directory and the shared finished runs (trained on first use)."""
+
+    def __init__(self, tmp: Path, run: Callable[[str], Path]):
+        self.tmp, self.run = tmp, run
+
+    def write(self, name: str, content: bytes | str | list) -> Path:
+        path = self.tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        elif isinstance(content, str):
+            path.write_text(content)
+        else:
+            write_rows(path, content)
+        return path
+
+    def config(self, data: Path | str, stage: str = "sft", method: str = "lora", model: str = "tiny-llama", /,
+               **sections) -> Path:
+        """A tiny run config (output_dir {tmp}/runs, name 'bad'); ``sections`` update its sections."""
+        config = tiny_config(stage, method, data, self.tmp / "runs")
+        config.update(name=NAME, model=model)
+        for key, value in sections.items():
+            if isinstance(value, dict):
+                current = config.get(key)
+                config[key] = {**({"name": current} if isinstance(current, str) else current or {}), **value}
+            else:
+                config[key] = value
+        return write_config(self.tmp / "run.yaml", config)
+
+    def unfinished(self) -> Path:
+        """A run directory whose training never finished: the real SFT run's config.yaml, no summary.json."""
+        path = self.tmp / "unfinished-sft"
+        path.mkdir()
+        shutil.copy(self.run("sft") / "config.yaml", path / "config.yaml")
+        return path
+
+    def plain_dir(self) -> Path:
+        return self.write("plain/notes.txt", "neither a run nor a model\n").parent
+
+    def finished(self, stage: str, model: str, **stage_settings) -> Path:
+        """A finished run of ``stage`` as its directory says (config.yaml, summary.json), without weights:
+        enough for every check made before a run is loaded."""
+        path = self.tmp / f"{stage}-run"
+        path.mkdir()
+        config = {**tiny_config(stage, "lora", "train.jsonl", self.tmp / "runs"), "model": model, "name": path.name,
+                  "stage": {"name": stage, **stage_settings}}
+        (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        (path / "summary.json").write_text(json.dumps({"stage": stage, "method": "lora", "model": model, "metrics": {}}))
+        return path
+
+    def zeroshot(self) -> Path:
+        """A finished zero-shot baseline run, written by hand (no model is needed to refuse it)."""
+        path = self.tmp / "zeroshot"
+        path.mkdir()
+        (path / "config.yaml").write_text(yaml.safe_dump({"zeroshot": {"model": "tiny-llama", "labels": ["0", "1"]}}))
+        (path / "summary.json").write_text(json.dumps({"stage": "classify", "baseline": "zeroshot", "metrics": {}}))
+        return path
+
+
+def rows(dialect: str, change: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """The SYNTHETIC rows of a dialect, changed in place by ``change``."""
+    out = [json.loads(json.dumps(row)) for row in SYNTHETIC_ROWS[dialect]]
+    if change:
+        change(out)
+    return out
+
+
+def setitem(index: int, **values) -> Callable[[list[dict]], None]:
+    return lambda rs: rs[index].update(values)
+
+
+def train(id: str, fragments: tuple[str, ...], *overrides: str, data: Callable | str | list = "dolly",
+          stage: str = "sft", method: str = "lora", model: Callable | str = "tiny-llama", flags: tuple[str, ...] = (),
+          config: dict | None = None, needs: tuple[str, ...] = ()) -> Case:
+    """`tunelab train` on a tiny config. ``data``: a dialect, rows, or ctx -> the data path (or Hub id);
+    ``config``: section updates, each value (or a section's value) given as is or as ctx -> value."""
+
+    def build(ctx: Ctx) -> dict:
+        if callable(data):
+            source = data(ctx)
+        elif isinstance(data, str):
+            source = ctx.write(f"{data}.jsonl", rows(data))
+        else:
+            source = ctx.write("data.jsonl", data)
+        value = lambda v: str(v(ctx)) if callable(v) else v  # noqa: E731
+        sections = {key: {k: value(v) for k, v in section.items()} if isinstance(section, dict) else value(section)
+                    for key, section in (config or {}).items()}
+        return {"config": ctx.config(source, stage, method, value(model), **sections)}
+
+    return Case(id, build, ("train", "{config}", *overrides, "--quiet", *flags), fragments, ("{tmp}/runs/" + NAME,),
+                needs)
+
+
+def files(**made: Callable[[Ctx], object]) -> Callable[[Ctx], dict]:
+    """A build that makes each named input: ``files(data=lambda ctx: ctx.write(...))``."""
+    return lambda ctx: {key: make(ctx) for key, make in made.items()}
+
+
+def nothing(ctx: Ctx) -> dict:
+    return {}
+
+
+def write(name: str, content) -> Callable[[Ctx], Path]:
+    return lambda ctx: ctx.write(name, content)
+
+
+def write_json_array(name: str, dialect: str, indent: int | None) -> Callable[[Ctx], Path]:
+    return lambda ctx: ctx.write(name, json.dumps(SYNTHETIC_ROWS[dialect], indent=indent) + "\n")
+
+
+def with_dolly(make: Callable[[Ctx], object]) -> Callable[[Ctx], Path]:
+    """Data for a train case that also needs another input (``make``) in its tmp directory."""
+    return lambda ctx: (make(ctx), ctx.write("d.jsonl", rows("dolly")))[1]
+
+
+def model_without_weights(ctx: Ctx) -> Path:
+    """A model directory with a config.json and a tokenizer, but no weights."""
+    path = ctx.tmp / "noweights"
+    shutil.copytree(ctx.run("sft") / "tokenizer", path)
+    (path / "config.json").write_text(json.dumps({
+        "model_type": "llama", "vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "num_key_value_heads": 2}))
+    return path
+
+
+def corrupt_summary(ctx: Ctx) -> Path:
+    """A reward run directory whose summary.json is binary garbage."""
+    path = ctx.finished("reward", "tiny-llama")
+    (path / "summary.json").write_bytes(NOT_UTF8)
+    return path
+
+
+CORRUPT_PARQUET = b"PAR1\x15\x04\x15\x10\x15\x14L\x15\x02\x15\x00\x12\x00\x00garbage-not-parquet\x00PAR1"
+CLASSIFY = dict(stage="classify", method="lora", model="tiny-bert")
+RATINGS = [{"prompt": f"Colour of {thing}?", "response": answer, "score": score}
+           for thing in ("the sky", "grass", "snow", "coal") for answer, score in (("It is known.", 5), ("No idea.", 2))]
+
+
+def ratings(change: Callable[[list[dict]], None]) -> list[dict]:
+    out = [dict(row) for row in RATINGS]
+    change(out)
+    return out
+
+
+CASES: list[Case] = [
+    # ----------------------------------------------------------------- train: unreadable data
+    train("train-data-not-utf8", ("data.jsonl", "not UTF-8"), data=write("data.jsonl", NOT_UTF8)),
+    train("train-data-binary-csv", ("data.csv", "not UTF-8"), data=write("data.csv", NOT_UTF8 * 40)),
+    train("train-data-json-array-in-jsonl", ("data.jsonl", "JSON array", ".json"),
+          data=write_json_array("data.jsonl", "dolly", indent=1)),
+    train("train-data-json-array-one-line", ("data.jsonl", "JSON array", ".json"),
+          data=write_json_array("data.jsonl", "dolly", indent=None)),
+    train("train-data-corrupt-parquet", ("data.parquet", "parquet"), data=write("data.parquet", CORRUPT_PARQUET)),
+    train("train-data-is-directory", ("is a directory",), data=lambda ctx: ctx.plain_dir()),
+    train("train-data-csv-header-only", ("data.csv", "only a header"), data=write("data.csv", "instruction,response\n")),
+    train("train-data-hub-offline", ("someorg/somedata", "offline"), data=lambda ctx: "someorg/somedata"),
+    # ----------------------------------------------------------------- train: wrong columns, types, values
+    train("train-data-wrong-columns", ("cannot detect the format", "'answer'", "'question'"),
+          data=[{"question": "Colour of snow?", "answer": "White."}] * 4),
+    train("train-data-fields-name-missing-column", ("data.fields", "'response'", "'answer'", "not in the data"),
+          config={"data": {"fields": {"response": "answer"}}}),
+    train("train-data-response-is-object", ("row 3", "'response'", "dict"),
+          data=rows("dolly", setitem(2, response={"text": "blue"}))),
+    train("classify-data-text-is-list", ("row 2", "'text'", "list"), data=rows("classification", setitem(1, text=["a", "b"])),
+          **CLASSIFY),
+    train("classify-one-class", ("every training example has label '1'", "two classes"),
+          data=[{"text": f"text {i}", "label": 1} for i in range(8)], **CLASSIFY),
+    train("classify-empty-text", ("row 3", "'text'", "empty"), data=rows("classification", setitem(2, text="  ")),
+          **CLASSIFY),
+    train("classify-null-label", ("row 4", "'label'", "missing"), data=rows("classification", setitem(3, label=None)),
+          **CLASSIFY),
+    train("reward-identical-chosen-rejected", ("row 2", "'chosen'", "'rejected'", "identical"),
+          data=rows("preference", setitem(1, chosen="Same.", rejected="Same.")), stage="reward"),
+    train("reward-rating-out-of-range", ("row 3", "'score'", "7", "1..5"),
+          data=ratings(setitem(2, score=7)), stage="reward"),
+    train("reward-rating-not-a-number", ("row 1", "'score'", "'good'"), data=ratings(setitem(0, score="good")),
+          stage="reward"),
+    train("sft-messages-unknown-role", ("row 1", "messages[0]", "'bot'"),
+          data=rows("openai", lambda rs: rs[0]["messages"][0].update(role="bot"))),
+    # ----------------------------------------------------------------- train: data of the wrong format for the stage
+    train("sft-preference-data", ("format 'preference'", "instruction, messages"), data="preference"),
+    train("dpo-classification-data", ("format 'classification'", "preference, rating"), data="classification",
+          stage="dpo"),
+    train("reward-text-data", ("format 'text'", "preference, rating"), data="text", stage="reward"),
+    train("sft-eval-file-other-format", ("eval.jsonl", "format 'classification'", "train is 'instruction'"),
+          config={"data": {"eval": lambda ctx: ctx.write("eval.jsonl", rows("classification"))}}),
+    # ----------------------------------------------------------------- train: hyper-parameters
+    train("lr-zero", ("train.lr", "greater than 0", "got 0"), "train.lr=0"),
+    train("lr-negative", ("train.lr", "got -0.001"), "train.lr=-0.001"),
+    train("batch-size-zero", ("train.batch_size", "got 0"), "train.batch_size=0"),
+    train("epochs-negative", ("train.epochs", "got -1"), "train.epochs=-1"),
+    train("max-steps-zero", ("train.max_steps", "got 0"), "train.max_steps=0"),
+    train("warmup-ratio-above-one", ("train.warmup_ratio", "got 1.5"), "train.warmup_ratio=1.5"),
+    train("eval-fraction-one", ("data.eval_fraction", "got 1"), "data.eval_fraction=1"),
+    train("max-length-beyond-model", ("train.max_length=100000000", "'tiny-llama'", "2048"),
+          "train.max_length=100000000"),
+    train("max-length-beyond-encoder", ("train.max_length=100000", "'tiny-bert'", "512"),
+          "train.max_length=100000", data="classification", **CLASSIFY),
+    train("max-length-below-minimum", ("train.max_length", "got 4"), "train.max_length=4"),
+    train("lora-r-zero", ("method.r", "got 0"), "method.r=0"),
+    train("lora-dropout-one", ("method.dropout", "got 1"), "method.dropout=1"),
+    train("freeze-k-beyond-model", ("method.k=99", "only 2"), "method.k=99", method="freeze"),
+    train("lora-unknown-target-modules", ("method.target_modules", "nope_proj", "q_proj"),
+          "method.target_modules=[nope_proj]"),
+    train("head-method-on-sft", ("method 'head'", "stage classify"), method="head"),
+    train("dpo-beta-zero", ("stage.beta", "got 0"), "stage.beta=0", data="preference", stage="dpo"),
+    # ----------------------------------------------------------------- train: overrides, flags
+    train("override-unknown-key", ("'method.alfa'", "did you mean 'method.alpha'"), "method.alfa=8"),
+    train("override-mistyped-value", ("train.batch_size", "'two'"), "train.batch_size=two"),
+    train("override-missing-equals", ("'train.epochs'", "KEY=VALUE"), "train.epochs"),
+    train("override-unknown-stage", ("unknown stage 'sfft'", "did you mean 'sft'"), "stage=sfft"),
+    train("nproc-zero", ("--nproc", "got 0"), flags=("--nproc", "0")),
+    train("nproc-not-a-number", ("--nproc", "integer"), flags=("--nproc", "two")),
+    # ----------------------------------------------------------------- train: output directory and model
+    train("output-dir-under-proc", (UNWRITABLE, "not writable"), f"output_dir={UNWRITABLE}/runs"),
+    train("output-dir-under-a-file", ("blocker", "not writable", "is a file"), "output_dir={tmp}/blocker/runs",
+          data=with_dolly(write("blocker", "a regular file\n"))),
+    train("model-path-is-a-file", ("model.bin", "is a file"), model=lambda ctx: ctx.tmp / "model.bin",
+          data=with_dolly(write("model.bin", b"\x00" * 16))),
+    train("model-offline-hub-id", ("'someorg/some-model'", "offline"), model="someorg/some-model"),
+    # ----------------------------------------------------------------- train: runs it builds on
+    train("init-from-missing", ("init_from", "nope", "does not exist"), config={"init_from": lambda ctx: ctx.tmp / "nope"}),
+    train("init-from-unfinished", ("init_from", "unfinished-sft", "has not finished"),
+          config={"init_from": lambda ctx: ctx.unfinished()}, needs=("sft",)),
+    train("init-from-wrong-kind", ("init_from", "'tiny-bert'", "'tiny-llama'"),
+          config={"init_from": lambda ctx: ctx.finished("classify", "tiny-bert", labels=["0", "1"])}),
+    train("init-from-plain-dir", ("init_from", "plain", "not a run directory"),
+          config={"init_from": lambda ctx: ctx.plain_dir()}),
+    train("dpo-policy-is-classify-run", ("stage.policy", "classify run", "language-model run"), data="preference",
+          stage="dpo", config={"stage": {"policy": lambda ctx: ctx.finished("classify", "tiny-llama", labels=["0", "1"])}}),
+    train("dpo-policy-is-baseline", ("stage.policy", "zeroshot baseline", "language-model run"), data="preference",
+          stage="dpo", config={"stage": {"policy": lambda ctx: ctx.zeroshot()}}),
+    train("dpo-policy-missing", ("stage.policy", "nope", "does not exist"), data="preference", stage="dpo",
+          config={"stage": {"policy": lambda ctx: ctx.tmp / "nope"}}),
+    train("rlhf-reward-model-missing", ("stage.reward_model", "nope", "does not exist"), data="preference",
+          stage="rlhf", config={"stage": {"reward_model": lambda ctx: ctx.tmp / "nope"}}),
+    train("rlhf-reward-model-is-sft-run", ("stage.reward_model", "sft run", "reward run"), data="preference",
+          stage="rlhf", config={"stage": {"reward_model": lambda ctx: ctx.run("sft")}}, needs=("sft",)),
+    train("rlhf-reward-model-unset", ("stage.reward_model is not set",), data="preference", stage="rlhf"),
+    train("rlhf-policy-unfinished", ("stage.policy", "has not finished"), data="preference", stage="rlhf",
+          config={"stage": {"reward_model": lambda ctx: ctx.finished("reward", "tiny-llama"),
+                            "policy": lambda ctx: ctx.unfinished()}}, needs=("sft",)),
+    # ----------------------------------------------------------------- config show
+    Case("config-show-unknown-key", files(config=lambda ctx: ctx.config("d.jsonl")),
+         ("config", "show", "{config}", "stage.nope=1"), ("'stage.nope'", "unknown key")),
+    Case("config-show-mistyped-value", files(config=lambda ctx: ctx.config("d.jsonl")),
+         ("config", "show", "{config}", "train.lr=fast"), ("train.lr", "'fast'")),
+    Case("config-show-missing-equals", files(config=lambda ctx: ctx.config("d.jsonl")),
+         ("config", "show", "{config}", "train.lr"), ("'train.lr'", "KEY=VALUE")),
+    Case("config-show-binary-file", files(config=write("run.yaml", NOT_UTF8)), ("config", "show", "{config}"),
+         ("run.yaml", "not UTF-8")),
+    Case("config-show-directory", files(config=lambda ctx: ctx.plain_dir()), ("config", "show", "{config}"),
+         ("plain", "is a directory")),
+    # ----------------------------------------------------------------- eval
+    Case("eval-missing-run", nothing, ("eval", "{tmp}/nope", "--data", "{tmp}/d.jsonl"), ("nope", "does not exist")),
+    Case("eval-unfinished-run", files(run=lambda ctx: ctx.unfinished()), ("eval", "{run}", "--data", "x.jsonl"),
+         ("unfinished-sft", "has not finished"), needs=("sft",)),
+    Case("eval-run-is-a-file", files(run=write("run.txt", "x")), ("eval", "{run}", "--data", "x.jsonl"),
+         ("run.txt", "is a file")),
+    Case("eval-plain-dir", files(run=lambda ctx: ctx.plain_dir()), ("eval", "{run}", "--data", "x.jsonl"),
+         ("plain", "not a run directory")),
+    Case("eval-data-missing", nothing, ("eval", "{sft}", "--data", "bad={tmp}/nope.jsonl"),
+         ("--data bad=", "nope.jsonl", "not found")),
+    Case("eval-data-is-directory", files(d=lambda ctx: ctx.plain_dir()), ("eval", "{sft}", "--data", "bad={d}"),
+         ("--data bad=", "plain", "is a directory")),
+    Case("eval-data-wrong-format", files(d=write("test.jsonl", rows("classification"))),
+         ("eval", "{sft}", "--data", "bad={d}"), ("test.jsonl", "format 'classification'"), ("{sft}/eval/bad.json",)),
+    Case("eval-data-name-without-file", nothing, ("eval", "{sft}", "--data", "bad="), ("--data bad=", "no file")),
+    Case("eval-threshold-above-one", files(d=write("test.jsonl", rows("classification"))),
+         ("eval", "{classify}", "--data", "test={d}", "--threshold", "1.5"), ("--threshold", "1.5", "between 0 and 1"),
+         ("{classify}/eval/test.json",)),
+    Case("eval-threshold-negative", files(d=write("test.jsonl", rows("classification"))),
+         ("eval", "{classify}", "--data", "test={d}", "--threshold", "-0.1"), ("--threshold", "-0.1", "between 0 and 1")),
+    Case("eval-threshold-on-sft-run", files(d=write("test.jsonl", rows("dolly"))),
+         ("eval", "{sft}", "--data", "bad={d}", "--threshold", "0.5"), ("--threshold", "does not apply", "sft run")),
+    # ----------------------------------------------------------------- merge
+    Case("merge-missing-run", nothing, ("merge", "{tmp}/nope", "{tmp}/out"), ("merge", "nope", "does not exist"),
+         ("{tmp}/out",)),
+    Case("merge-unfinished-run", files(run=lambda ctx: ctx.unfinished()), ("merge", "{run}", "{tmp}/out"),
+         ("merge", "has not finished"), ("{tmp}/out",), needs=("sft",)),
+    Case("merge-baseline", files(run=lambda ctx: ctx.zeroshot()), ("merge", "{run}", "{tmp}/out"),
+         ("merge", "zeroshot baseline", "no trained weights"), ("{tmp}/out",)),
+    Case("merge-into-existing-dir", files(out=lambda ctx: ctx.write("existing/keep.txt", "mine\n").parent),
+         ("merge", "{sft}", "{out}"), ("existing", "already exists"),
+         ("{out}/config.json", "{out}/model.safetensors", "{out}/tokenizer.json")),
+    Case("merge-out-under-proc", nothing, ("merge", "{sft}", f"{UNWRITABLE}/merged"), (UNWRITABLE, "not writable"),
+         (UNWRITABLE,)),
+    Case("merge-out-under-a-file", files(blocker=write("blocker", "a regular file\n")), ("merge", "{sft}", "{blocker}/out"),
+         ("blocker", "not writable")),
+    # ----------------------------------------------------------------- generate, chat
+    Case("generate-classify-run", nothing, ("generate", "{classify}", "hello"), ("generate", "classify run",
+                                                                                "cannot generate")),
+    Case("generate-reward-run", nothing, ("generate", "{reward}", "hello"), ("generate", "reward run", "cannot generate")),
+    Case("generate-plain-dir", files(d=lambda ctx: ctx.plain_dir()), ("generate", "{d}", "hello"),
+         ("plain", "neither a run directory", "nor a model directory")),
+    Case("generate-model-dir-without-weights", files(d=model_without_weights), ("generate", "{d}", "hello"),
+         ("model directory", "noweights", "cannot load its weights"), needs=("sft",)),
+    Case("generate-model-config-not-hf", files(d=lambda ctx: ctx.write("notamodel/config.json", "{}").parent),
+         ("generate", "{d}", "hello"), ("model directory", "notamodel", "cannot load its config")),
+    Case("generate-model-path-is-a-file", files(m=write("weights.bin", b"\x00" * 8)), ("generate", "{m}", "hello"),
+         ("weights.bin", "is a file")),
+    Case("generate-unfinished-run", files(run=lambda ctx: ctx.unfinished()), ("generate", "{run}", "hello"),
+         ("generate", "has not finished"), needs=("sft",)),
+    Case("generate-max-new-tokens-zero", nothing, ("generate", "{tmp}/x", "hello", "--max-new-tokens", "0"),
+         ("--max-new-tokens", "greater than or equal to 1")),
+    Case("chat-classify-run", nothing, ("chat", "{classify}"), ("chat", "classify run", "cannot generate")),
+    Case("chat-missing-run", nothing, ("chat", "{tmp}/nope"), ("nope", "does not exist")),
+    # ----------------------------------------------------------------- score
+    Case("score-sft-run", nothing, ("score", "{sft}", "--prompt", "hi", "--response", "yo"),
+         ("score", "sft run", "not a reward model")),
+    Case("score-classify-run", nothing, ("score", "{classify}", "--prompt", "hi", "--response", "yo"),
+         ("score", "classify run", "not a reward model")),
+    Case("score-missing-run", nothing, ("score", "{tmp}/nope", "--prompt", "hi", "--response", "yo"),
+         ("score", "nope", "does not exist")),
+    Case("score-corrupt-summary", files(run=corrupt_summary),
+         ("score", "{run}", "--prompt", "hi", "--response", "yo"), ("summary.json", "corrupt")),
+    # ----------------------------------------------------------------- data inspect
+    Case("inspect-not-utf8", files(d=write("data.jsonl", NOT_UTF8)), ("data", "inspect", "{d}", "--model", "tiny-llama"),
+         ("data.jsonl", "not UTF-8")),
+    Case("inspect-json-array-in-jsonl", files(d=write_json_array("data.jsonl", "dolly", indent=2)),
+         ("data", "inspect", "{d}", "--model", "tiny-llama"), ("data.jsonl", "JSON array")),
+    Case("inspect-directory", files(d=lambda ctx: ctx.plain_dir()), ("data", "inspect", "{d}", "--model", "tiny-llama"),
+         ("plain", "is a directory")),
+    Case("inspect-field-missing-equals", files(d=write("data.jsonl", rows("dolly"))),
+         ("data", "inspect", "{d}", "--model", "tiny-llama", "--field", "response"), ("--field response", "CANONICAL=COLUMN")),
+    Case("inspect-model-is-a-file", files(d=write("data.jsonl", rows("dolly")), m=write("tok.bin", b"\x00")),
+         ("data", "inspect", "{d}", "--model", "{m}"), ("tok.bin", "is a file")),
+    # ----------------------------------------------------------------- zeroshot
+    Case("zeroshot-out-under-proc", nothing,
+         ("zeroshot", "--model", "tiny-llama", "--labels", "spam,ham", "--out", f"{UNWRITABLE}/zs"),
+         (UNWRITABLE, "not writable"), (UNWRITABLE,)),
+    Case("zeroshot-one-label", nothing, ("zeroshot", "--model", "tiny-llama", "--labels", "spam", "--out", "{tmp}/zs"),
+         ("--labels", "two distinct labels", "'spam'"), ("{tmp}/zs",)),
+    Case("zeroshot-label-word-missing-equals", nothing,
+         ("zeroshot", "--model", "tiny-llama", "--labels", "a,b", "--label-word", "a", "--out", "{tmp}/zs"),
+         ("--label-word a", "LABEL=WORD"), ("{tmp}/zs",)),
+    Case("zeroshot-out-exists", files(out=lambda ctx: ctx.write("zs/keep.txt", "mine\n").parent),
+         ("zeroshot", "--model", "tiny-llama", "--labels", "a,b", "--out", "{out}"), ("zs", "already exists"),
+         ("{out}/config.yaml", "{out}/summary.json")),
+    # ----------------------------------------------------------------- feedback
+    Case("feedback-out-under-proc", files(p=write("prompts.txt", "Colour of snow?\n"),
+                                          r=write("responses.jsonl", [{"prompt": "Colour of snow?", "response": "White."},
+                                                                      {"prompt": "Colour of snow?", "response": "Blue."}])),
+         ("feedback", "--prompts", "{p}", "--responses", "{r}", "--out", f"{UNWRITABLE}/fb", "--port", "0"),
+         (UNWRITABLE, "not writable"), (UNWRITABLE,)),
+    Case("feedback-prompts-not-utf8", files(p=write("prompts.txt", NOT_UTF8), r=write("r.jsonl", rows("preference"))),
+         ("feedback", "--prompts", "{p}", "--responses", "{r}", "--out", "{tmp}/fb", "--port", "0"),
+         ("prompts.txt", "not UTF-8"), ("{tmp}/fb",)),
+    Case("feedback-prompts-missing", files(r=write("r.jsonl", rows("preference"))),
+         ("feedback", "--prompts", "{tmp}/nope.txt", "--responses", "{r}", "--out", "{tmp}/fb", "--port", "0"),
+         ("nope.txt", "not found"), ("{tmp}/fb",)),
+    Case("feedback-responses-and-model", files(p=write("prompts.txt", "hi\n"), r=write("r.jsonl", rows("preference"))),
+         ("feedback", "--prompts", "{p}", "--responses", "{r}", "--model", "tiny-llama", "--out", "{tmp}/fb"),
+         ("--responses", "--model", "not both"), ("{tmp}/fb",)),
+    Case("feedback-one-response-per-prompt",
+         files(p=write("prompts.txt", "Colour of snow?\n"),
+               r=write("r.jsonl", [{"prompt": "Colour of snow?", "response": "White."}])),
+         ("feedback", "--prompts", "{p}", "--responses", "{r}", "--out", "{tmp}/fb", "--port", "0"),
+         ("two different responses",), ("{tmp}/fb",)),
+    Case("feedback-model-is-classify-run", files(p=write("prompts.txt", "hi\n")),
+         ("feedback", "--prompts", "{p}", "--model", "{classify}", "--out", "{tmp}/fb", "--port", "0"),
+         ("--model", "classify run", "cannot generate"), ("{tmp}/fb",)),
+    # ----------------------------------------------------------------- runs
+    Case("runs-output-dir-is-a-file", files(d=write("runs.txt", "x")), ("runs", "--output-dir", "{d}"),
+         ("--output-dir", "runs.txt", "is a file")),
+    Case("runs-corrupt-index", files(d=lambda ctx: ctx.write("index/runs.sqlite", NOT_UTF8 * 64).parent),
+         ("runs", "--output-dir", "{d}"), ("runs.sqlite", "not a readable runs database")),
+]
+
+
+# --------------------------------------------------------------------------- running the table
+
+
+class _Values(dict):
+    """Placeholder values: the case's own, then {tmp}, the hand-written runs and the trained one."""
+
+    def __init__(self, ctx: Ctx, own: dict):
+        super().__init__({key: str(value) for key, value in own.items()})
+        self.ctx = ctx
+
+    def __missing__(self, key: str) -> str:
+        if key == "tmp":
+            value = self.ctx.tmp
+        elif key == "classify":
+            value = self.ctx.finished("classify", "tiny-bert", labels=["0", "1"])
+        elif key == "reward":
+            value = self.ctx.finished("reward", "tiny-llama")
+        elif key in RUNS:
+            value = self.ctx.run(key)
+        else:
+            raise KeyError(key)
+        self[key] = str(value)  # made once, however often the case names it
+        return self[key]
+
+
+@dataclass
+class Outcome:
+    args: list[str]
+    rc: int
+    out: str
+    err: str
+    absent: list[str]
+    tmp: Path
+
+
+@pytest.fixture(scope="module")
+def outcomes(request, trained_run, tmp_path_factory) -> dict[str, Future]:
+    """Run the selected cases concurrently, all of them before any test checks one: {case id: Future[Outcome]}.
+
+    Everything happens inside this fixture's setup, so no thread starts a subprocess while pytest
+    changes os.environ (PYTEST_CURRENT_TEST) between tests.
+    """
+    selected = {item.callspec.params["case_id"] for item in request.session.items
+                if getattr(item, "originalname", None) == "test_bad_input" and hasattr(item, "callspec")}
+    cases = [case for case in CASES if case.id in selected]
+    root = tmp_path_factory.mktemp("bad-input")
+    training = ThreadPoolExecutor(1)  # apart from the cases' pool: a case waiting for the run never blocks it
+    started: dict[str, Future] = {}
+    lock = threading.Lock()
+
+    def start(kind: str) -> Future:
+        with lock:
+            if kind not in started:
+                started[kind] = training.submit(trained_run, kind, "lora")
+            return started[kind]
+
+    for kind in set().union(set(), *(case.runs for case in cases)):  # trains while the run-free cases go
+        start(kind)
+
+    def execute(case: Case) -> Outcome:
+        tmp = root / case.id
+        tmp.mkdir()
+        ctx = Ctx(tmp, lambda kind: start(kind).result())
+        values = _Values(ctx, case.build(ctx) or {})
+        args = [arg.format_map(values) for arg in case.args]
+        rc, out, err = run_cli(*args, timeout=240)  # a case that wrongly starts a server ends too
+        return Outcome(args, rc, out, err, [path.format_map(values) for path in case.absent], tmp)
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        futures = {case.id: pool.submit(execute, case) for case in sorted(cases, key=lambda case: bool(case.runs))}
+    training.shutdown()
+    return futures
+
+
+@pytest.mark.parametrize("case_id", [case.id for case in CASES])
+def test_bad_input(case_id, outcomes):
+    case = next(c for c in CASES if c.id == case_id)
+    outcome = outcomes[case_id].result()
+    context = f"\n$ tunelab {' '.join(outcome.args)}\n"
+    try:
+        assert_user_error(outcome.rc, outcome.out, outcome.err, *case.fragments)
+    except AssertionError as exc:
+        raise AssertionError(f"{context}{exc}") from None
+    for path in outcome.absent:
+        assert not Path(path).exists(), f"{context}{path} must not exist after the error"
+    assert_no_run_left(outcome.tmp / "runs")
+
+
+def test_the_table_covers_every_command_with_distinct_cases():
+    ids = [case.id for case in CASES]
+    assert len(ids) == len(set(ids)) and len(ids) >= 50, len(ids)
+    commands = {case.args[0] if case.args[0] not in ("config", "data") else " ".join(case.args[:2]) for case in CASES}
+    assert commands >= {"train", "eval", "merge", "generate", "chat", "score", "data inspect", "zeroshot", "feedback",
+                        "config show", "runs"}, commands
