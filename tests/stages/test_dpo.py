@@ -165,14 +165,8 @@ def _step_zero(calls):
     return calls[: first_step + 1]
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
-def test_reference_is_the_policy_before_the_first_update_under_bf16(tmp_path, monkeypatch, method):
-    """Under mixed precision the Trainer wraps the policy's forward in bf16 autocast after the
-    ``full`` reference was copied; the reference runs that same forward, so at step 0 (evaluation
-    before training and the first step) both give identical log-probs and the loss is log 2."""
-    from tunelab.training import engine, trainer
-
-    monkeypatch.setattr(trainer, "use_bf16", lambda precision: True)  # bf16 wherever autocast runs
+def _record_dpo_losses(monkeypatch) -> list:
+    """Record (grad enabled, policy log-probs, reference log-probs, loss) of every dpo_loss call."""
     calls, plain = [], dpo.dpo_loss
 
     def recording(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, num_pairs=None):
@@ -182,6 +176,18 @@ def test_reference_is_the_policy_before_the_first_update_under_bf16(tmp_path, mo
         return loss, chosen, rejected
 
     monkeypatch.setattr(dpo, "dpo_loss", recording)
+    return calls
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_reference_is_the_policy_before_the_first_update_under_bf16(tmp_path, monkeypatch, method):
+    """Under mixed precision the Trainer wraps the policy's forward in bf16 autocast after the
+    ``full`` reference was copied; the reference runs that same forward, so at step 0 (evaluation
+    before training and the first step) both give identical log-probs and the loss is log 2."""
+    from tunelab.training import engine, trainer
+
+    monkeypatch.setattr(trainer, "use_bf16", lambda precision: True)  # bf16 wherever autocast runs
+    calls = _record_dpo_losses(monkeypatch)
     data = write_rows(tmp_path / "pref.jsonl", SYNTHETIC_ROWS["preference"])
     cfg = tiny_config("dpo", method, data, tmp_path / "runs", max_steps=1, eval_before=True)
     cfg.update(name="dpo-bf16", stage={"name": "dpo"})
@@ -197,15 +203,7 @@ def test_policy_dropout_is_off_so_step_zero_still_matches_the_reference(tmp_path
     with the policy's dropout left on the first DPO loss would not be log 2."""
     from tunelab.training import engine
 
-    calls, plain = [], dpo.dpo_loss
-
-    def recording(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, num_pairs=None):
-        loss, chosen, rejected = plain(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, num_pairs)
-        calls.append((torch.is_grad_enabled(), torch.cat([policy_chosen, policy_rejected]).detach(),
-                      torch.cat([ref_chosen, ref_rejected]), loss.detach()))
-        return loss, chosen, rejected
-
-    monkeypatch.setattr(dpo, "dpo_loss", recording)
+    calls = _record_dpo_losses(monkeypatch)
     data = write_rows(tmp_path / "pref.jsonl", SYNTHETIC_ROWS["preference"])
     cfg = tiny_config("dpo", "lora", data, tmp_path / "runs", max_steps=1, precision="fp32")
     cfg.update(name="dpo-dropout", stage={"name": "dpo"})
