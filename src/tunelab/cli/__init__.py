@@ -79,12 +79,7 @@ def data_inspect(
     """Detected format, row count, token-length stats and one rendered example (trained span in ⟦ ⟧)."""
     from ..data.inspect import inspect_data
 
-    fields = {}
-    for item in field or []:
-        if "=" not in item:
-            raise TunelabError(f"--field {item}: expected CANONICAL=COLUMN, e.g. response=answer")
-        canonical, column = item.split("=", 1)
-        fields[canonical.strip()] = column.strip()
+    fields = _key_values(field, "--field", "CANONICAL=COLUMN, e.g. response=answer")
     report = inspect_data(file, model, data_format, fields)  # the data is read before the tokenizer loads
     t = report["tokens"]
     print(f"source:  {report['source']}\nformat:  {report['format']}\nrows:    {report['rows']}")
@@ -194,12 +189,7 @@ def zeroshot(
     from ..baselines.zeroshot import ZeroShotConfig
     from ..runs.baseline import create_baseline_run
 
-    words = {}
-    for item in label_word or []:
-        if "=" not in item:
-            raise TunelabError(f"--label-word {item}: expected LABEL=WORD")
-        key, word = item.split("=", 1)
-        words[key.strip()] = word.strip()
+    words = _key_values(label_word, "--label-word", "LABEL=WORD")
     settings = {"model": model, "labels": [x.strip() for x in labels.split(",") if x.strip()],
                 "label_words": words, "max_length": max_length}
     if instruction:
@@ -244,6 +234,17 @@ def feedback(
     generator = Generator(list(model), max_new_tokens) if model else None
     app_ = FeedbackApp(prompt_list, out, given, generator)
     serve(app_, host, port)
+
+
+def _key_values(items: list[str] | None, flag: str, form: str) -> dict[str, str]:
+    """Repeated ``KEY=VALUE`` options -> {key: value}; an item without ``=`` is a one-line error."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise TunelabError(f"{flag} {item}: expected {form}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
 
 
 def main() -> None:
