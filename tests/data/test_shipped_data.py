@@ -14,7 +14,9 @@ from conftest import REPO_ROOT
 from tunelab.data import load_file
 
 DATA = REPO_ROOT / "data"
-FORMATS = {"instruct": "instruction", "preference": "preference", "spam": "classification"}
+FORMATS = {"instruct": "instruction", "preference": "preference", "spam": "classification", "text": "text",
+           "medical": {"pubmedqa_train": "classification", "pubmedqa_test": "classification",
+                       "pubmedqa_abstracts": "text", "medquad_train": "instruction", "medquad_test": "instruction"}}
 
 
 def _table(readme: Path, columns: int) -> dict[Path, list[int]]:
@@ -28,11 +30,13 @@ def _table(readme: Path, columns: int) -> dict[Path, list[int]]:
 
 
 DOCUMENTED = {**_table(DATA / "README.md", 1), **_table(DATA / "preference" / "README.md", 1),
-              **_table(DATA / "spam" / "README.md", 3)}
+              **_table(DATA / "spam" / "README.md", 3), **_table(DATA / "medical" / "README.md", 1),
+              **_table(DATA / "text" / "README.md", 1)}
 
 
 def _raw(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    # split("\n"), not splitlines(): some texts hold U+2028, which splitlines() breaks on
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def test_every_shipped_data_file_is_documented():
@@ -44,10 +48,11 @@ def test_every_shipped_data_file_is_documented():
 @pytest.mark.parametrize("path", sorted(DOCUMENTED), ids=lambda p: str(p.relative_to(DATA)))
 def test_file_parses_with_the_documented_format_and_counts(path):
     fmt, rows = load_file(str(path))
-    assert fmt == FORMATS[path.parent.name]
+    expected = FORMATS[path.parent.name]
+    assert fmt == (expected[path.stem] if isinstance(expected, dict) else expected)
     numbers = DOCUMENTED[path]
     assert len(rows) == numbers[0], f"{path.name}: {len(rows)} rows, README says {numbers[0]}"
-    if fmt == "classification":  # | rows | ham | spam |
+    if path.parent.name == "spam":  # | rows | ham | spam |
         assert Counter(row["label"] for row in rows) == {"ham": numbers[1], "spam": numbers[2]}
     if fmt == "preference":
         assert all(row["chosen"].strip() != row["rejected"].strip() for row in rows)
@@ -95,3 +100,25 @@ def test_instruction_files_have_the_documented_fields_and_parts():
     parts = Counter(row["category"].split("/")[0] for row in _raw(DATA / "instruct" / "self_instruct_human.jsonl"))
     seed, user = (int(n) for n in re.search(r"seed tasks \((\d+)\) \+ user-oriented eval set \((\d+)\)", readme).groups())
     assert parts == {"seed": seed, "user_oriented": user}
+
+
+def _medical_hash(key: str) -> int:
+    return int(hashlib.sha256(("tunelab-medical:" + key).encode("utf-8")).hexdigest(), 16)
+
+
+def test_medical_splits_follow_the_hash_rule_and_never_share_an_answer():
+    """test iff sha256("tunelab-medical:" + key) % 5 == 0 (key: PMID or question); hash order; the
+    abstracts are exactly the PubMedQA items' PMIDs; no MedQuAD answer is on both sides."""
+    for name, key in (("pubmedqa", "pmid"), ("medquad", "question")):
+        splits = {split: _raw(DATA / "medical" / f"{name}_{split}.jsonl") for split in ("train", "test")}
+        for split, rows in splits.items():
+            hashes = [_medical_hash(row[key]) for row in rows]
+            assert all((h % 5 == 0) == (split == "test") for h in hashes), (name, split)
+            assert hashes == sorted(hashes), f"{name}_{split} is not in hash order"
+    pubmed = [r for split in ("train", "test") for r in _raw(DATA / "medical" / f"pubmedqa_{split}.jsonl")]
+    abstracts = _raw(DATA / "medical" / "pubmedqa_abstracts.jsonl")
+    assert sorted(r["pmid"] for r in abstracts) == sorted(r["pmid"] for r in pubmed)
+    by_pmid = {r["pmid"]: r["text"] for r in abstracts}
+    assert all(by_pmid[r["pmid"]].startswith(r["context"]) for r in pubmed)
+    train, test = (_raw(DATA / "medical" / f"medquad_{split}.jsonl") for split in ("train", "test"))
+    assert not {r["answer"] for r in train} & {r["answer"] for r in test}

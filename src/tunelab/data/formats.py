@@ -24,8 +24,9 @@ REQUIRED = {
     "classification": ("text", "label"),
     "text": ("text",),
 }
-# Other datasets' names for canonical fields (Alpaca, ShareGPT).
-ALIASES = {"output": "response", "input": "context", "conversations": "messages"}
+# Other datasets' names for canonical fields (Alpaca, ShareGPT, question-answering sets such as MedQuAD).
+ALIASES = {"output": "response", "input": "context", "conversations": "messages", "question": "instruction",
+           "answer": "response"}
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
 
