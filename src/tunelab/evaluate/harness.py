@@ -9,6 +9,7 @@ model. This module only opens the run, checks the options, asks the stage and wr
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 from ..core.errors import TunelabError
@@ -72,7 +73,11 @@ def evaluate(run_dir: str | Path, data: dict[str, str], threshold: float | None 
     for name, file in data.items():
         cap = max_rows.get(name) if isinstance(max_rows, dict) else max_rows
         options = EvalOptions(batch_size=batch_size, max_rows=cap, threshold=threshold, positive=positive, links=links)
+        started = time.perf_counter()
         reports[name] = owner.evaluate(loaded, name, file, options)
+        seconds = time.perf_counter() - started  # the model is loaded already: this is inference cost
+        reports[name]["eval_seconds"] = round(seconds, 3)
+        reports[name]["latency_ms_per_example"] = round(1000 * seconds / max(int(reports[name].get("n") or 1), 1), 3)
     if write:
         (run_dir / "eval").mkdir(exist_ok=True)
         for name, report in reports.items():
