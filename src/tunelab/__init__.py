@@ -1,12 +1,12 @@
 """tunelab: adapt pretrained LLMs with every major fine-tuning technique, measured honestly.
 
-``import tunelab`` (and ``tunelab.config``) stays light: ``train``, ``load`` and ``Loaded``
-import torch and the training stack only when first used.
+``import tunelab`` (and ``tunelab.config``) stays light: ``train``, ``load``, ``Loaded`` and
+``compare`` import torch and the training stack only when first used.
 """
 from .config import RunConfig, load_config
 from .core.errors import TunelabError
 
-__all__ = ["RunConfig", "load_config", "train", "load", "Loaded", "TunelabError"]
+__all__ = ["RunConfig", "load_config", "train", "load", "Loaded", "compare", "TunelabError"]
 __version__ = "0.1.0"
 
 
@@ -15,6 +15,10 @@ def __getattr__(name: str):
         from .training.engine import train
 
         return train
+    if name == "compare":  # the package is `comparison`, so this name stays the function
+        from .comparison import compare
+
+        return compare
     if name in ("load", "Loaded"):
         from .runs import open as runs_open
 

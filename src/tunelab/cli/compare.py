@@ -19,7 +19,7 @@ def compare(
     as_json: bool = typer.Option(False, "--json", help="Print compare.json instead of the table."),
 ):
     """Run what is not done yet (finished runs are reused), evaluate everything, write the report."""
-    from ..compare import compare as run, format_table
+    from ..comparison import compare as run, format_table
 
     result = run(file, overrides or [], verbose=verbose)
     if as_json:

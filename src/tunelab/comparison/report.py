@@ -102,7 +102,7 @@ def write_html(result: dict, plots: dict[str, Path], path: Path) -> Path:
     """One file, plots embedded as data URIs: it can be mailed or opened from anywhere."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    env = Environment(loader=PackageLoader("tunelab.compare", "."), autoescape=select_autoescape(["html", "j2"]))
+    env = Environment(loader=PackageLoader("tunelab.comparison", "."), autoescape=select_autoescape(["html", "j2"]))
     header, body = table_rows(result)
     images = {key: base64.b64encode(p.read_bytes()).decode("ascii") for key, p in plots.items()}
     page = env.get_template("report.html.j2").render(

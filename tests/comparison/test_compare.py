@@ -10,7 +10,8 @@ import yaml
 from conftest import SYNTHETIC_ROWS, run_cli, write_rows
 
 from tunelab import TunelabError
-from tunelab.compare import compare, load_compare_config
+import tunelab
+from tunelab.comparison import load_compare_config
 
 # SYNTHETIC two-domain "spam" rows: the words differ between domains, as email and SMS do.
 _SPAM, _HAM = ["win", "prize", "free", "cash"], ["meeting", "lunch", "report", "call"]
@@ -87,7 +88,7 @@ def test_a_second_compare_trains_and_scores_nothing(finished):
     out = Path(spec["output_dir"])
     stamps = {p: p.stat().st_mtime_ns for p in list(out.glob("runs/*/summary.json")) + list(out.glob("evals/*/*.json"))}
     logs = {p: p.stat().st_mtime_ns for p in out.glob("logs/*.log")}
-    again = compare(spec)
+    again = tunelab.compare(spec)  # the Python API
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # no run retrained, no eval redone
     assert {p: p.stat().st_mtime_ns for p in logs} == logs  # no training process started
     assert [r["tests"] for r in again["rows"]] == [r["tests"] for r in first["rows"]]
@@ -101,7 +102,7 @@ def test_a_changed_approach_retrains_only_itself_and_what_follows_it(finished, t
     changed["output_dir"] = str(copy)
     changed["approaches"][1]["train"] = {"lr": 1e-3}  # head changes; head-sms starts from it
     before = {p.parent.name: p.stat().st_mtime_ns for p in copy.glob("runs/*/summary.json")}
-    compare(changed)
+    tunelab.compare(changed)
     after = {p.parent.name: p.stat().st_mtime_ns for p in copy.glob("runs/*/summary.json")}
     assert after["zero-shot"] == before["zero-shot"]
     assert after["head"] != before["head"] and after["head-sms"] != before["head-sms"]

@@ -1,7 +1,7 @@
 """The recommendation follows the figures: change the numbers and the advice changes with them."""
 from __future__ import annotations
 
-from tunelab.compare.recommend import recommend
+from tunelab.comparison.recommend import recommend
 
 
 def _row(name, kind, value, method=None, percent=0.0, seconds=0.0, n=200, model="m", **extra):
