@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from ..core.errors import TunelabError
+from .rag import rag_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Adapt pretrained LLMs with every major fine-tuning technique, measured honestly.")
@@ -17,6 +18,7 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect the run config sche
 data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets.")
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
+app.add_typer(rag_app, name="rag")
 
 
 @app.command()
