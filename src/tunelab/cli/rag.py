@@ -4,12 +4,18 @@ from __future__ import annotations
 import json
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from ..retrieval.chunk import DEFAULT_CHUNK_WORDS, DEFAULT_OVERLAP
+
+class Mode(str, Enum):
+    dense = "dense"
+    hybrid = "hybrid"
+
 
 rag_app = typer.Typer(no_args_is_help=True, help="Build and query a retrieval (RAG) index of document chunks.")
 
@@ -55,7 +61,7 @@ def rag_query(
     index: Path = typer.Argument(..., help="Index directory (from `tunelab rag index`)."),
     question: str = typer.Argument(..., help="The query text."),
     k: int = typer.Option(5, "--k", min=1, help="How many chunks to return."),
-    mode: str = typer.Option("dense", "--mode", help="dense (embeddings) or hybrid (embeddings + BM25, rank-fused)."),
+    mode: Mode = typer.Option(Mode.dense, "--mode", help="dense (embeddings) or hybrid (embeddings + BM25, rank-fused)."),
     model: Optional[str] = typer.Option(None, "--model", help="Query embedder (default: the index's own; "
                                                              "any other is refused)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON list of {text, score, source, chunk, doc}."),
@@ -64,7 +70,7 @@ def rag_query(
     _quiet_loading()
     from ..retrieval.index import open_index
 
-    hits = open_index(index).search(question, k=k, mode=mode, embedder=model)
+    hits = open_index(index).search(question, k=k, mode=mode.value, embedder=model)
     if as_json:
         print(json.dumps([hit.to_dict() for hit in hits], ensure_ascii=False))
         return

@@ -140,6 +140,7 @@ def build_index(sources: list[str], out: str | Path, text_field: str = "text", i
     previous = existing_manifest(out)
     spec = embedder.spec if isinstance(embedder, Embedder) else embedder
     if previous is not None:
+        _open_table(out, previous.table_version)  # a damaged index is refused, not extended
         settings = previous.chunking
         if (settings.chunk_words, settings.overlap) != (chunk_words, overlap):
             raise TunelabError(f"index {out} was built with chunk_words={settings.chunk_words}, "
@@ -150,6 +151,29 @@ def build_index(sources: list[str], out: str | Path, text_field: str = "text", i
     todo = [plan for plan in plans if plan.status != "unchanged"]
     if not todo:
         return _stats(out, plans, previous)
+    chunking = ChunkSettings(chunk_words=chunk_words, overlap=overlap)
+    if previous is not None:
+        data, _ = _embed(todo, embedder, previous, out, log)
+        manifest = previous.model_copy(update={"sources": {**previous.sources, **{p.key: p.info for p in todo}}})
+        manifest.table_version = _update(out, previous, todo, data)
+        write_manifest(out, manifest)  # the commit: until here, readers see the previous version
+        return _stats(out, plans, manifest)
+    building, created = _start_build(out)  # before the model loads: an unwritable --out fails at once
+    try:
+        data, info = _embed(todo, embedder, None, out, log)
+        manifest = Manifest(table_version=1, embedder=info, chunking=chunking, sources={p.key: p.info for p in todo})
+        manifest.table_version = _create(building, data)
+        write_manifest(building, manifest)
+        os.replace(building, out)  # out is absent or an empty directory
+    except BaseException:
+        shutil.rmtree(created, ignore_errors=True)
+        raise
+    return _stats(out, plans, manifest)
+
+
+def _embed(todo: list[FilePlan], embedder: str | Embedder, previous: Manifest | None, out: Path,
+           log: Callable[[str], None] | None):
+    """(the new chunks as an Arrow table, the embedder's manifest entry)."""
     model = embedder if isinstance(embedder, Embedder) else Embedder(embedder)
     if previous is not None:
         check_embedder(previous.embedder, model, out)
@@ -159,16 +183,7 @@ def build_index(sources: list[str], out: str | Path, text_field: str = "text", i
     texts = [chunk.text for plan in todo for chunk in plan.chunks]
     if log:
         log(f"embedding {len(texts):,} chunks from {len(todo)} file{'s' * (len(todo) != 1)} with {model.spec}")
-    data = _arrow(todo, model.encode(texts), model.dim)
-    sources_info = {**(previous.sources if previous else {}), **{plan.key: plan.info for plan in todo}}
-    manifest = Manifest(table_version=1, embedder=info, chunking=ChunkSettings(chunk_words=chunk_words, overlap=overlap),
-                        sources=sources_info)
-    if previous is None:
-        manifest = _create(out, data, manifest)
-    else:
-        manifest.table_version = _update(out, previous, todo, data)
-        write_manifest(out, manifest)  # the commit: until here, readers see the previous version
-    return _stats(out, plans, manifest)
+    return _arrow(todo, model.encode(texts), model.dim), info
 
 
 def _arrow(todo: list[FilePlan], vectors, dim: int):
@@ -185,10 +200,16 @@ def _arrow(todo: list[FilePlan], vectors, dim: int):
     })
 
 
-def _create(out: Path, data, manifest: Manifest) -> Manifest:
-    """A new index, built beside ``out`` and renamed onto it (absent or an empty directory) when whole."""
-    import lancedb
-
+def _start_build(out: Path) -> tuple[Path, Path]:
+    """(a hidden directory beside ``out`` to build a new index in, the highest directory this made:
+    what to remove if the build fails)."""
+    top = None
+    for folder in (out.parent, *out.parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise TunelabError(f"cannot create index directory {out}: {folder} is a file")
+            break
+        top = folder
     building = out.parent / f".{out.name}.building-{os.getpid()}"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -196,16 +217,16 @@ def _create(out: Path, data, manifest: Manifest) -> Manifest:
     except OSError as exc:
         raise TunelabError(f"cannot create index directory {out}: {out.parent} is not writable "
                            f"({exc.strerror or exc})") from None
-    try:
-        table = lancedb.connect(building).create_table(TABLE, data)
-        _index_text(table)
-        manifest.table_version = table.version
-        write_manifest(building, manifest)
-        os.replace(building, out)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
-    return manifest
+    return building, top or building
+
+
+def _create(building: Path, data) -> int:
+    """The table of a new index, with its full-text index; its version."""
+    import lancedb
+
+    table = lancedb.connect(building).create_table(TABLE, data)
+    _index_text(table)
+    return table.version
 
 
 def _update(out: Path, previous: Manifest, todo: list[FilePlan], data) -> int:
