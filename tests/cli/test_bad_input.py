@@ -180,6 +180,34 @@ def corrupt_summary(ctx: Ctx) -> Path:
     return path
 
 
+def hand_index(ctx: Ctx, table: bool = True) -> Path:
+    """A real minilm-l6 retrieval index made without loading the model: a LanceDB table of one
+    SYNTHETIC chunk (zero vector) and its index.json; ``table=False`` then deletes the table."""
+    import lancedb
+    import pyarrow as pa
+
+    path = ctx.tmp / "idx"
+    dim = 384
+    data = pa.table({"text": ["Snow is white."], "source": [str(ctx.tmp / "d.txt")], "chunk": pa.array([0], pa.int32()),
+                     "doc": [f"{ctx.tmp / 'd.txt'}:1"],
+                     "vector": pa.FixedSizeListArray.from_arrays(pa.array([0.0] * dim, pa.float32()), dim)})
+    version = lancedb.connect(path).create_table("chunks", data).version
+    manifest = {"format": "tunelab-rag-index", "format_version": 1, "table_version": version,
+                "embedder": {"spec": "minilm-l6", "dim": dim, "probe": [0.0] * dim},
+                "chunking": {"chunk_words": 180, "overlap": 30}, "sources": {}}
+    (path / "index.json").write_text(json.dumps(manifest))
+    if not table:
+        shutil.rmtree(path / "chunks.lance")
+    return path
+
+
+def rag_index(id: str, fragments: tuple[str, ...], *flags: str, docs: Callable[[Ctx], object] | None = None,
+              out: str = "{tmp}/idx", absent: tuple[str, ...] = ("{tmp}/idx",)) -> Case:
+    """`tunelab rag index {doc} --out OUT FLAGS`; ``docs`` writes the document file (default: a SYNTHETIC .txt)."""
+    make = docs or write("d.txt", "Snow is white. Coal is black.\n")
+    return Case(id, files(doc=make), ("rag", "index", "{doc}", "--out", out, *flags), fragments, absent)
+
+
 CORRUPT_PARQUET = b"PAR1\x15\x04\x15\x10\x15\x14L\x15\x02\x15\x00\x12\x00\x00garbage-not-parquet\x00PAR1"
 CLASSIFY = dict(stage="classify", method="lora", model="tiny-bert")
 RATINGS = [{"prompt": f"Colour of {thing}?", "response": answer, "score": score}
@@ -410,6 +438,52 @@ CASES: list[Case] = [
     Case("feedback-model-is-classify-run", files(p=write("prompts.txt", "hi\n")),
          ("feedback", "--prompts", "{p}", "--model", "{classify}", "--out", "{tmp}/fb", "--port", "0"),
          ("--model", "classify run", "cannot generate"), ("{tmp}/fb",)),
+    # ----------------------------------------------------------------- rag index, rag query
+    rag_index("rag-index-missing-doc", ("document file not found", "nope.txt"), docs=lambda ctx: ctx.tmp / "nope.txt"),
+    rag_index("rag-index-empty-doc", ("empty.txt", "is empty"), docs=write("empty.txt", "")),
+    rag_index("rag-index-doc-not-utf8", ("d.txt", "not UTF-8"), docs=write("d.txt", NOT_UTF8)),
+    rag_index("rag-index-doc-is-directory", ("plain", "is a directory"), docs=lambda ctx: ctx.plain_dir()),
+    rag_index("rag-index-unknown-field", ("d.jsonl", "no text field 'body'", "instruction, context, response"),
+              "--field", "body", docs=write("d.jsonl", rows("dolly"))),
+    rag_index("rag-index-empty-text-in-row", ("d.jsonl", "row 3", "'text'", "empty"),
+              docs=write("d.jsonl", rows("classification", setitem(2, text=" ")))),
+    rag_index("rag-index-unknown-id-field", ("d.jsonl", "no id field 'key'", "text, label"), "--id-field", "key",
+              docs=write("d.jsonl", rows("classification"))),
+    rag_index("rag-index-out-not-an-index", ("plain", "not a tunelab index"), out="{tmp}/plain",
+              absent=("{tmp}/plain/index.json",),
+              docs=lambda ctx: (ctx.plain_dir(), ctx.write("d.txt", "Snow is white.\n"))[1]),
+    rag_index("rag-index-out-under-a-file", ("blocker is a file",), out="{tmp}/blocker/idx", absent=(),
+              docs=lambda ctx: (ctx.write("blocker", "a regular file\n"), ctx.write("d.txt", "Snow is white.\n"))[1]),
+    rag_index("rag-index-out-under-proc", (UNWRITABLE, "not writable"), out=f"{UNWRITABLE}/idx", absent=(UNWRITABLE,)),
+    rag_index("rag-index-overlap-not-below-chunk-words", ("overlap (10)", "smaller than chunk_words (10)"),
+              "--chunk-words", "10", "--overlap", "10"),
+    rag_index("rag-index-chunk-words-zero", ("--chunk-words", "greater than or equal to 1"), "--chunk-words", "0"),
+    rag_index("rag-index-unknown-model", ("embedding model 'minilm-l7'", "cannot be loaded"), "--model", "minilm-l7"),
+    rag_index("rag-index-other-chunking-than-index", ("idx", "chunk_words=180", "got chunk_words=100"),
+              "--chunk-words", "100", absent=(),
+              docs=lambda ctx: (hand_index(ctx), ctx.write("d.txt", "Snow is white.\n"))[1]),
+    rag_index("rag-index-other-model-than-index", ("idx", "embedded with 'minilm-l6'", "not 'tiny-bert'"),
+              "--model", "tiny-bert", absent=(),
+              docs=lambda ctx: (hand_index(ctx), ctx.write("d.txt", "Snow is white.\n"))[1]),
+    Case("rag-query-missing-index", nothing, ("rag", "query", "{tmp}/nope", "snow"), ("nope", "does not exist")),
+    Case("rag-query-plain-dir", files(d=lambda ctx: ctx.plain_dir()), ("rag", "query", "{d}", "snow"),
+         ("plain", "not a tunelab index", "no index.json")),
+    Case("rag-query-index-is-a-file", files(d=write("idx.txt", "x")), ("rag", "query", "{d}", "snow"),
+         ("idx.txt", "is a file")),
+    Case("rag-query-manifest-not-utf8", files(d=lambda ctx: ctx.write("idx/index.json", NOT_UTF8).parent),
+         ("rag", "query", "{d}", "snow"), ("index.json", "corrupt", "not valid JSON")),
+    Case("rag-query-manifest-garbled", files(d=lambda ctx: ctx.write("idx/index.json", '{"format": "tunelab-rag-index", '
+                                                                                       '"table_version": "x"}').parent),
+         ("rag", "query", "{d}", "snow"), ("index.json", "corrupt", "table_version")),
+    Case("rag-query-table-missing", files(d=lambda ctx: hand_index(ctx, table=False)), ("rag", "query", "{d}", "snow"),
+         ("idx", "corrupt", "table 'chunks' is missing")),
+    Case("rag-query-other-model", files(d=hand_index), ("rag", "query", "{d}", "snow", "--model", "tiny-bert"),
+         ("embedded with 'minilm-l6'", "not 'tiny-bert'")),
+    Case("rag-query-empty-question", files(d=hand_index), ("rag", "query", "{d}", "  "), ("the query is empty",)),
+    Case("rag-query-k-zero", files(d=hand_index), ("rag", "query", "{d}", "snow", "--k", "0"),
+         ("--k", "greater than or equal to 1")),
+    Case("rag-query-unknown-mode", files(d=hand_index), ("rag", "query", "{d}", "snow", "--mode", "sparse"),
+         ("--mode", "'sparse'", "'dense', 'hybrid'")),
     # ----------------------------------------------------------------- runs
     Case("runs-output-dir-is-a-file", files(d=write("runs.txt", "x")), ("runs", "--output-dir", "{d}"),
          ("--output-dir", "runs.txt", "is a file")),
@@ -509,6 +583,7 @@ def test_bad_input(case_id, outcomes):
 def test_the_table_covers_every_command_with_distinct_cases():
     ids = [case.id for case in CASES]
     assert len(ids) == len(set(ids)) and len(ids) >= 50, len(ids)
-    commands = {case.args[0] if case.args[0] not in ("config", "data") else " ".join(case.args[:2]) for case in CASES}
+    commands = {case.args[0] if case.args[0] not in ("config", "data", "rag") else " ".join(case.args[:2])
+                for case in CASES}
     assert commands >= {"train", "eval", "merge", "generate", "chat", "score", "data inspect", "zeroshot", "feedback",
-                        "config show", "runs"}, commands
+                        "config show", "runs", "rag index", "rag query"}, commands

@@ -11,6 +11,7 @@ import typer
 
 from ..core.errors import TunelabError
 from . import compare as _compare
+from .rag import rag_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Adapt pretrained LLMs with every major fine-tuning technique, measured honestly.")
@@ -19,6 +20,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets.")
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 _compare.register(app)
+app.add_typer(rag_app, name="rag")
 
 
 @app.command()
