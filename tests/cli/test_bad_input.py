@@ -107,6 +107,22 @@ class Ctx:
         return path
 
 
+def zeroshot_generation(ctx: Ctx) -> Path:
+    """A finished zero-shot generation baseline (no labels), written by hand."""
+    path = ctx.tmp / "zeroshot-gen"
+    path.mkdir()
+    (path / "config.yaml").write_text(yaml.safe_dump({"zeroshot": {"model": "tiny-llama"}}))
+    (path / "summary.json").write_text(json.dumps({"stage": "sft", "baseline": "zeroshot", "metrics": {}}))
+    return path
+
+
+def icl(*flags: str, train: str = "classification", labels: str | None = "0,1") -> tuple[Callable[[Ctx], dict], tuple]:
+    """(build, args) of a `tunelab icl` case on a SYNTHETIC train file of ``train``'s dialect."""
+    build = files(train=lambda ctx: ctx.write("train.jsonl", rows(train)))
+    label_flags = ("--labels", labels) if labels else ()
+    return build, ("icl", "--model", "tiny-llama", "--train", "{train}", *label_flags, *flags, "--out", "{tmp}/icl")
+
+
 def rows(dialect: str, change: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """The SYNTHETIC rows of a dialect, changed in place by ``change``."""
     out = [json.loads(json.dumps(row)) for row in SYNTHETIC_ROWS[dialect]]
@@ -415,6 +431,46 @@ CASES: list[Case] = [
     Case("zeroshot-out-exists", files(out=lambda ctx: ctx.write("zs/keep.txt", "mine\n").parent),
          ("zeroshot", "--model", "tiny-llama", "--labels", "a,b", "--out", "{out}"), ("zs", "already exists"),
          ("{out}/config.yaml", "{out}/summary.json")),
+    # ----------------------------------------------------------------- icl, zeroshot generation
+    Case("icl-k-zero", *icl("--k", "0"), ("--k", "greater than or equal to 1", "got 0"), ("{tmp}/icl",)),
+    Case("icl-train-missing", nothing, ("icl", "--model", "tiny-llama", "--train", "{tmp}/nope.jsonl", "--labels", "0,1",
+                                        "--out", "{tmp}/icl"), ("nope.jsonl", "not found"), ("{tmp}/icl",)),
+    Case("icl-labels-not-in-train", *icl(labels="spam,ham"), ("train.jsonl", "labels ['0', '1']", "not among the labels"),
+         ("{tmp}/icl",)),
+    Case("icl-label-missing-from-train", *icl(labels="0,1,2"), ("train.jsonl", "no example of label(s) ['2']"),
+         ("{tmp}/icl",)),
+    Case("icl-k-beyond-pool", *icl("--k", "20"), ("k=20", "only 8 examples"), ("{tmp}/icl",)),
+    Case("icl-select-unknown", *icl("--select", "best"), ("--select", "'random' or 'nearest'", "'best'"), ("{tmp}/icl",)),
+    Case("icl-generation-from-labelled-rows", *icl(labels=None), ("train.jsonl", "format 'classification'",
+                                                                  "instruction, messages"), ("{tmp}/icl",)),
+    Case("icl-classify-from-instruction-rows", *icl(train="dolly"), ("train.jsonl", "field 'label' is missing"),
+         ("{tmp}/icl",)),
+    Case("icl-embedder-unknown", *icl("--embedder", "nope-embedder"), ("embedding model 'nope-embedder'",
+                                                                       "cannot be loaded"), ("{tmp}/icl",)),
+    Case("icl-max-context-beyond-model", *icl("--max-context", "100000"), ("max_context=100000", "2048 positions"),
+         ("{tmp}/icl",)),
+    Case("zeroshot-label-word-without-labels", nothing,
+         ("zeroshot", "--model", "tiny-llama", "--label-word", "a=b", "--out", "{tmp}/zs"),
+         ("--label-word", "label words need labels"), ("{tmp}/zs",)),
+    # ----------------------------------------------------------------- eval --generate
+    Case("eval-generate-on-classify-run", files(d=write("test.jsonl", rows("classification"))),
+         ("eval", "{classify}", "--data", "t={d}", "--generate", "2"), ("--generate", "does not apply", "classify run")),
+    Case("eval-generate-on-zeroshot-classifier", files(run=lambda ctx: ctx.zeroshot(), d=write("t.jsonl", rows("dolly"))),
+         ("eval", "{run}", "--data", "t={d}", "--generate", "2"),
+         ("--generate", "zeroshot baseline (classification)", "does not apply")),
+    Case("eval-generate-on-pretrain-run", files(run=lambda ctx: ctx.finished("pretrain", "tiny-llama"),
+                                                d=write("t.jsonl", rows("dolly"))),
+         ("eval", "{run}", "--data", "t={d}", "--generate", "2"), ("--generate", "does not apply", "pretrain run")),
+    Case("eval-threshold-on-zeroshot-generation", files(run=zeroshot_generation, d=write("t.jsonl", rows("dolly"))),
+         ("eval", "{run}", "--data", "t={d}", "--threshold", "0.5"),
+         ("--threshold", "zeroshot baseline (generation)", "applies to classifiers")),
+    Case("eval-max-new-tokens-without-generate", files(d=write("t.jsonl", rows("dolly"))),
+         ("eval", "{sft}", "--data", "t={d}", "--max-new-tokens", "8"), ("--max-new-tokens 8", "--generate N")),
+    Case("eval-generate-negative", files(d=write("t.jsonl", rows("dolly"))),
+         ("eval", "{sft}", "--data", "t={d}", "--generate", "-1"), ("--generate", "got -1")),
+    Case("eval-generate-on-plain-text", files(d=write("t.jsonl", rows("text"))),
+         ("eval", "{sft}", "--data", "t={d}", "--generate", "2"), ("--generate", "t.jsonl", "plain text"),
+         ("{sft}/eval/t.json",)),
     # ----------------------------------------------------------------- feedback
     Case("feedback-out-under-proc", files(p=write("prompts.txt", "Colour of snow?\n"),
                                           r=write("responses.jsonl", [{"prompt": "Colour of snow?", "response": "White."},
@@ -585,5 +641,5 @@ def test_the_table_covers_every_command_with_distinct_cases():
     assert len(ids) == len(set(ids)) and len(ids) >= 50, len(ids)
     commands = {case.args[0] if case.args[0] not in ("config", "data", "rag") else " ".join(case.args[:2])
                 for case in CASES}
-    assert commands >= {"train", "eval", "merge", "generate", "chat", "score", "data inspect", "zeroshot", "feedback",
+    assert commands >= {"train", "eval", "merge", "generate", "chat", "score", "data inspect", "zeroshot", "icl", "feedback",
                         "config show", "runs", "rag index", "rag query"}, commands

@@ -12,6 +12,7 @@ import typer
 from ..core.errors import TunelabError
 from . import compare as _compare
 from .rag import rag_app
+from .baselines import register as register_baselines
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Adapt pretrained LLMs with every major fine-tuning technique, measured honestly.")
@@ -21,6 +22,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 _compare.register(app)
 app.add_typer(rag_app, name="rag")
+register_baselines(app)  # zeroshot, icl
 
 
 @app.command()
@@ -160,51 +162,24 @@ def merge(
 
 @app.command("eval")
 def eval_(
-    run: Path = typer.Argument(..., help="Finished run directory (trained or `tunelab zeroshot`)."),
+    run: Path = typer.Argument(..., help="Finished run directory (trained, `tunelab zeroshot` or `tunelab icl`)."),
     data: List[str] = typer.Option(..., "--data", help="Test set NAME=FILE (repeatable), e.g. --data email=e.jsonl."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Two labels: predict the positive class when P >= T."),
     positive: Optional[str] = typer.Option(None, "--positive", help="Two labels: the positive class (default: 2nd in sorted order)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     max_rows: Optional[int] = typer.Option(None, "--max-rows", min=1, help="Score only the first N rows of each file."),
     reward_model: Optional[Path] = typer.Option(None, "--reward-model", help="rlhf runs: score with this reward run instead of the run's own."),
+    generate_rows: Optional[int] = typer.Option(None, "--generate", help="sft runs, generation baselines: ROUGE-L of greedy replies to the first N rows."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="With --generate: tokens per reply (default 64)."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables."),
 ):
     """Score RUN on named test sets side by side with its stage's metrics; writes RUN/eval/<name>.json."""
     from ..evaluate import evaluate, format_report, parse_data_args
 
     result = evaluate(run, parse_data_args(data), threshold=threshold, positive=positive, batch_size=batch_size,
-                      max_rows=max_rows, reward_model=str(reward_model) if reward_model else None)
+                      max_rows=max_rows, reward_model=str(reward_model) if reward_model else None,
+                      generate=generate_rows, max_new_tokens=max_new_tokens)
     print(json.dumps(result, indent=2) if as_json else format_report(result))
-
-
-@app.command()
-def zeroshot(
-    model: str = typer.Option(..., "--model", help="Instruct model: bundled name, model dir or Hub id."),
-    labels: str = typer.Option(..., "--labels", help="Comma-separated labels as in the data, e.g. spam,ham."),
-    out: Path = typer.Option(..., "--out", help="Run directory to create."),
-    label_word: Optional[List[str]] = typer.Option(None, "--label-word", help="LABEL=WORD the model answers with (repeatable)."),
-    instruction: Optional[str] = typer.Option(None, "--instruction", help="User instruction; {choices} lists the words."),
-    max_length: int = typer.Option(256, "--max-length", min=8, help="Message tokens kept."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing directory."),
-):
-    """Create a zero-shot baseline run (no training) that `tunelab eval` scores like any run."""
-    from pydantic import ValidationError
-
-    from ..baselines.zeroshot import ZeroShotConfig
-    from ..runs.baseline import create_baseline_run
-
-    words = _key_values(label_word, "--label-word", "LABEL=WORD")
-    settings = {"model": model, "labels": [x.strip() for x in labels.split(",") if x.strip()],
-                "label_words": words, "max_length": max_length}
-    if instruction:
-        settings["instruction"] = instruction
-    try:
-        cfg = ZeroShotConfig(**settings)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        message = err["msg"].removeprefix("Value error, ")
-        raise TunelabError(f"--{str(err['loc'][0]).replace('_', '-')}: {message} (got {err['input']!r})") from None
-    print(create_baseline_run(out, "zeroshot", cfg, overwrite=overwrite))
 
 
 @app.command()

@@ -60,6 +60,11 @@ def format_report(result: dict) -> str:
         lines.append(row + (f" {_num(r['roc_auc']):>8} {_num(r['pr_auc']):>8}" if binary else ""))
     if binary and first.get("threshold") is not None:
         lines.append(f"decision: {first['positive']} when P({first['positive']}) >= {first['threshold']}")
+    for name, r in reports.items():  # baselines: what each answer cost
+        if "prompt_tokens_per_query" in r:
+            demos = f", demonstrations/query {r['demos_per_query']:.2f}" if "demos_per_query" in r else ""
+            lines.append(f"[{name}] prompt tokens/query {r['prompt_tokens_per_query']:.1f}, "
+                         f"seconds/query {_num(r.get('score_seconds_per_query'))}{demos}")
     for name, r in reports.items():
         labels = r["labels"]
         cell = max(7, *(len(label) for label in labels))

@@ -39,4 +39,4 @@ def collate(tokenizer):
 build_model = build_lm
 compute_loss = causal_lm_loss
 evaluate = evaluate_lm  # loss and perplexity on held-out text or chats
-EVAL_OPTIONS = ()
+EVAL_OPTIONS = ("generate", "max_new_tokens")  # ROUGE-L of greedy replies on top of perplexity
