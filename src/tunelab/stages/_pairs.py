@@ -104,7 +104,7 @@ def load_pairs(cfg, stage_name: str) -> tuple[list[dict], list[dict]]:
           f"{len(eval_)} eval pairs (higher score beats lower for the same prompt; "
           f"{train_ties + eval_ties} equal-score pairs skipped)", file=sys.stderr, flush=True)
     if not train:
-        raise TunelabError(f"data {cfg.data.train}: the ratings make no preference pairs (a pair needs two "
+        raise TunelabError(f"data {cfg.data.describe()}: the ratings make no preference pairs (a pair needs two "
                            f"responses to the same prompt with different scores)")
     return train, eval_
 
