@@ -102,7 +102,8 @@ def data_inspect(
     t = report["tokens"]
     print(f"format:  {report['format']}")
     if "mix" in report:
-        print(f"rows:    {report['rows']} train, {report['eval_rows']} eval (from {report['eval_source']})")
+        origin = f" (from {report['eval_source']})" if report["eval_rows"] else ""
+        print(f"rows:    {report['rows']} train, {report['eval_rows']} eval{origin}")
         _print_mix(report["mix"])
     else:
         print(f"rows:    {report['rows']}")
