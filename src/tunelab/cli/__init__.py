@@ -25,18 +25,21 @@ def train(
     overrides: Optional[List[str]] = typer.Argument(None, help="KEY=VALUE overrides, e.g. train.epochs=1 method.r=8"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", help="Print nothing but the run directory."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Also print the Trainer's per-step log records "
+                                                                  "(always in RUN/train.log) and library progress bars."),
     nproc: int = typer.Option(1, "--nproc", help="Data-parallel processes (torchrun; gloo on CPU, NCCL on GPUs)."),
 ):
-    """Train as CONFIG says; the run directory is the last line of stdout."""
+    """Train as CONFIG says: a progress line and a summary on stderr; the run directory is the last line of stdout."""
     from ..training.engine import is_main_process, train as run_training
 
     if nproc != 1:
         from ..training.launch import train_distributed
 
-        print(train_distributed(config, overrides or [], nproc, resume=resume, overwrite=overwrite, quiet=quiet))
+        print(train_distributed(config, overrides or [], nproc, resume=resume, overwrite=overwrite, quiet=quiet,
+                                verbose=verbose))
         return
-    run_dir = run_training(config, overrides or [], resume=resume, overwrite=overwrite, quiet=quiet)
+    run_dir = run_training(config, overrides or [], resume=resume, overwrite=overwrite, quiet=quiet, verbose=verbose)
     if is_main_process():
         print(run_dir)
 
