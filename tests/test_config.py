@@ -124,6 +124,19 @@ def test_missing_required_key():
     assert "missing required key 'data.train'" in _error({**BASE, "data": {}})
 
 
+def test_misspelt_required_key_is_named_rather_than_missing():
+    message = _error({**BASE, "data": {"trian": "x.jsonl"}})  # pydantic also reports data.train as missing
+    assert "unknown key 'data.trian'" in message and "did you mean 'data.train'" in message
+
+
+def test_a_mix_round_trips_through_yaml(tmp_path):
+    cfg = load_config({**BASE, "data": {"train": ["a.jsonl", {"path": "b.jsonl", "fraction": 0.2}],
+                                        "replay": {"train": "c.jsonl", "max_rows": 5}}})
+    path = tmp_path / "config.yaml"
+    path.write_text(cfg.to_yaml())
+    assert load_config(path) == cfg
+
+
 def test_bad_yaml_names_file_and_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("model: tiny-llama\nstage: sft\nmethod: {name: lora\ndata: {train: x}\n")

@@ -148,13 +148,30 @@ def train(id: str, fragments: tuple[str, ...], *overrides: str, data: Callable |
             source = ctx.write(f"{data}.jsonl", rows(data))
         else:
             source = ctx.write("data.jsonl", data)
-        value = lambda v: str(v(ctx)) if callable(v) else v  # noqa: E731
+
+        def value(v):  # callables are built; lists and mappings (data.train's sources) are built inside
+            if callable(v):
+                return _plain(v(ctx))
+            if isinstance(v, (list, dict)):
+                return _plain({key: value(item) for key, item in v.items()} if isinstance(v, dict) else
+                              [value(item) for item in v])
+            return v
+
         sections = {key: {k: value(v) for k, v in section.items()} if isinstance(section, dict) else value(section)
                     for key, section in (config or {}).items()}
         return {"config": ctx.config(source, stage, method, value(model), **sections)}
 
     return Case(id, build, ("train", "{config}", *overrides, "--quiet", *flags), fragments, ("{tmp}/runs/" + NAME,),
                 needs)
+
+
+def _plain(value):
+    """A built config value as YAML can hold it: paths as strings, also inside lists and mappings."""
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return str(value) if isinstance(value, Path) else value
 
 
 def files(**made: Callable[[Ctx], object]) -> Callable[[Ctx], dict]:
@@ -278,6 +295,26 @@ CASES: list[Case] = [
     train("reward-text-data", ("format 'text'", "preference, rating"), data="text", stage="reward"),
     train("sft-eval-file-other-format", ("eval.jsonl", "format 'classification'", "train is 'instruction'"),
           config={"data": {"eval": lambda ctx: ctx.write("eval.jsonl", rows("classification"))}}),
+    # ----------------------------------------------------------------- train: mixing sources (data.train list, data.replay)
+    train("mix-sources-of-two-formats", ("data.train[1]", "other.jsonl", "format 'classification'", "data.train[0]",
+                                         "'instruction'", "same format"),
+          config={"data": {"train": [write("d.jsonl", rows("dolly")), write("other.jsonl", rows("classification"))]}}),
+    train("mix-fraction-above-one", ("data.train[1].fraction", "less than or equal to 1", "got 1.5"),
+          config={"data": {"train": [write("d.jsonl", rows("dolly")),
+                                     {"path": write("e.jsonl", rows("alpaca")), "fraction": 1.5}]}}),
+    train("mix-fractions-sum-to-one", ("data.train + data.replay", "sum to 1", "less than 1"),
+          config={"data": {"replay": {"train": write("e.jsonl", rows("alpaca")), "fraction": 1.0}}}),
+    train("mix-source-too-small-for-its-fraction", ("data.replay", "e.jsonl", "fraction 0.9", "needs 54 rows",
+                                                    "but it has 2", "upsample"),
+          config={"data": {"replay": {"train": write("e.jsonl", rows("alpaca")[:2]), "fraction": 0.9}}}),
+    train("mix-misspelt-source-key", ("'data.train[1].fration'", "did you mean 'data.train[1].fraction'"),
+          config={"data": {"train": [write("d.jsonl", rows("dolly")),
+                                     {"path": write("e.jsonl", rows("alpaca")), "fration": 0.2}]}}),
+    train("mix-replay-file-missing", ("data file not found", "nope.jsonl"),
+          config={"data": {"replay": {"train": lambda ctx: ctx.tmp / "nope.jsonl", "fraction": 0.2}}}),
+    train("mix-source-row-bad", ("e.jsonl", "row 2", "'response'", "missing"),
+          config={"data": {"train": [write("d.jsonl", rows("dolly")),
+                                     write("e.jsonl", rows("dolly", lambda rs: rs[1].pop("response")))]}}),
     # ----------------------------------------------------------------- train: hyper-parameters
     train("lr-zero", ("train.lr", "greater than 0", "got 0"), "train.lr=0"),
     train("lr-negative", ("train.lr", "got -0.001"), "train.lr=-0.001"),
@@ -417,6 +454,12 @@ CASES: list[Case] = [
          ("plain", "is a directory")),
     Case("inspect-field-missing-equals", files(d=write("data.jsonl", rows("dolly"))),
          ("data", "inspect", "{d}", "--model", "tiny-llama", "--field", "response"), ("--field response", "CANONICAL=COLUMN")),
+    Case("inspect-config-mix-of-two-formats",
+         files(config=lambda ctx: ctx.config("d.jsonl", data={"train": [str(ctx.write("d.jsonl", rows("dolly"))),
+                                                                        str(ctx.write("t.jsonl", rows("text")))]})),
+         ("data", "inspect", "{config}"), ("data.train[1]", "t.jsonl", "format 'text'", "data.train[0]")),
+    Case("inspect-config-with-format-flag", files(config=lambda ctx: ctx.config("d.jsonl")),
+         ("data", "inspect", "{config}", "--format", "text"), ("--format/--field", "run.yaml", "data.format")),
     Case("inspect-model-is-a-file", files(d=write("data.jsonl", rows("dolly")), m=write("tok.bin", b"\x00")),
          ("data", "inspect", "{d}", "--model", "{m}"), ("tok.bin", "is a file")),
     # ----------------------------------------------------------------- zeroshot

@@ -28,7 +28,7 @@ def build_datasets(cfg, tokenizer) -> tuple[list[dict], list[dict]]:
         return [window for row in rows for window in encode_text(tokenizer, row["text"], max_length)]
 
     return finish_datasets(encode(examples.train), encode(examples.eval), cfg.train, len(examples.train),
-                           cfg.data.train)
+                           cfg.data.describe())
 
 
 def collate(tokenizer):
