@@ -208,3 +208,10 @@ def test_config_imports_and_validates_without_torch():
             "print(heavy); sys.exit(1 if heavy else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_overrides_reach_an_item_of_a_list_of_sources():
+    base = {**BASE, "data": {"train": ["a.jsonl", {"path": "b.jsonl", "fraction": 0.1}]}}
+    cfg = load_config(base, ["data.train[1].fraction=0.3", "data.train.0.max_rows=4"])
+    assert (cfg.data.train[0].path, cfg.data.train[0].max_rows, cfg.data.train[1].fraction) == ("a.jsonl", 4, 0.3)
+    assert "'5' is not an item of a list of 2" in _error(base, ["data.train[5].fraction=0.3"])

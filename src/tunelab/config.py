@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -162,22 +163,37 @@ def _parse_override(item: str) -> tuple[str, Any]:
 
 def _set_dotted(raw: dict, key: str, value: Any) -> None:
     node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
+    parts = re.sub(r"\[(\d+)\]", r".\1", key).split(".")  # data.train[1].fraction, as errors name it
+    for depth, part in enumerate(parts[:-1]):
+        if isinstance(node, list):  # an item of data.train's list of sources
+            index = _list_index(node, part, key)
+            if isinstance(node[index], str):
+                node[index] = {"path": node[index]}
+            node = node[index]
+            continue
         child = node.get(part)
         if isinstance(child, str) and part in ("method", "stage"):
             child = {"name": child}  # expand the shorthand so method.r=8 can land
         elif isinstance(child, str) and part == "replay" and node is raw.get("data"):
             child = {"train": child}  # likewise data.replay.fraction=0.2 on `replay: email.jsonl`
-        if not isinstance(child, dict):
+        if not isinstance(child, (dict, list)) or (isinstance(child, list) and not parts[depth + 1].isdigit()):
             child = {}
         node[part] = child
         node = child
     last = parts[-1]
-    if node is raw and last in ("method", "stage") and isinstance(value, str) and isinstance(node.get(last), dict):
+    if isinstance(node, list):
+        node[_list_index(node, last, key)] = value
+    elif node is raw and last in ("method", "stage") and isinstance(value, str) and isinstance(node.get(last), dict):
         node[last]["name"] = value  # `method=lora` after `method.r=8` names the section, keeping its options
     else:
         node[last] = value
+
+
+def _list_index(items: list, part: str, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(items):
+        raise TunelabError(f"override '{key}': '{part}' is not an item of a list of {len(items)} "
+                           f"(items count from 0, e.g. data.train[1].fraction=0.2)")
+    return int(part)
 
 
 def _models_in(annotation) -> list:

@@ -342,6 +342,7 @@ CASES: list[Case] = [
     train("override-unknown-stage", ("unknown stage 'sfft'", "did you mean 'sft'"), "stage=sfft"),
     train("nproc-zero", ("--nproc", "got 0"), flags=("--nproc", "0")),
     train("nproc-not-a-number", ("--nproc", "integer"), flags=("--nproc", "two")),
+    train("quiet-and-verbose", ("quiet and verbose", "choose one"), flags=("--verbose",)),
     # ----------------------------------------------------------------- train: output directory and model
     train("output-dir-under-proc", (UNWRITABLE, "not writable"), f"output_dir={UNWRITABLE}/runs"),
     train("output-dir-under-a-file", ("blocker", "not writable", "is a file"), "output_dir={tmp}/blocker/runs",

@@ -48,6 +48,15 @@ def test_inspect_other_formats(synthetic_data, tiny_tokenizer):
     assert chat["format"] == "messages" and "⟦Blue.<|im_end|>\n⟧" in chat["example"]
 
 
+def test_inspect_rating_data(tmp_path, tiny_tokenizer):
+    from conftest import write_rows
+
+    rows = [{"prompt": "Colour of snow?", "response": answer, "score": score} for answer, score in
+            (("White.", 5), ("Green.", 1))]  # SYNTHETIC
+    rating = inspect_data(str(write_rows(tmp_path / "ratings.jsonl", rows)), tiny_tokenizer)
+    assert rating["format"] == "rating" and rating["rows"] == 2 and "SCORE: 5" in rating["example"]
+
+
 def test_inspect_a_run_config_shows_the_mix(cli, tmp_path):
     from conftest import write_config, write_rows
 
