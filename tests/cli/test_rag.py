@@ -70,3 +70,14 @@ def test_query_text_output_hybrid(built, cli):
     lines = out.splitlines()
     assert lines[0].startswith("1. score 0.0") and f"{(root / 'kite.txt').resolve()}  chunk 0  doc " in lines[0]
     assert lines[1] == f"   {NOTE}" and lines[2].startswith("2. score ")
+
+
+def test_the_rag_commands_keep_importing_the_cli_cheap():
+    import subprocess
+    import sys
+
+    code = ("import sys, tunelab.cli; "
+            "heavy = [m for m in ('torch', 'transformers', 'lancedb', 'pyarrow', 'numpy') if m in sys.modules]; "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -10,7 +10,14 @@ from synthetic_docs import PASSAGES, write_passages
 
 from tunelab.core.errors import TunelabError
 from tunelab.retrieval import index as index_module
+from tunelab.retrieval.embed import Embedder
 from tunelab.retrieval.index import build_index
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The bundled random 2-layer BERT: the late failures below need some embedder, not a good one."""
+    return Embedder("tiny-bert")
 
 
 def rows_file(path, rows):
@@ -116,7 +123,7 @@ def test_unwritable_out(tmp_path):
             embedder="no-such-model")
 
 
-def test_a_first_build_that_fails_late_leaves_no_directory(tmp_path, monkeypatch):
+def test_a_first_build_that_fails_late_leaves_no_directory(tmp_path, monkeypatch, tiny):
     """An error after the table is written (here: writing the manifest) removes the half-built index,
     and the parent directories the build made for it."""
     def fail(path, manifest):
@@ -125,9 +132,9 @@ def test_a_first_build_that_fails_late_leaves_no_directory(tmp_path, monkeypatch
     monkeypatch.setattr(index_module, "write_manifest", fail)
     data = write_passages(tmp_path / "p.jsonl")
     with pytest.raises(RuntimeError, match="injected"):
-        build_index([str(data)], tmp_path / "index", embedder="tiny-bert")
+        build_index([str(data)], tmp_path / "index", embedder=tiny)
     with pytest.raises(RuntimeError, match="injected"):
-        build_index([str(data)], tmp_path / "new" / "parents" / "index", embedder="tiny-bert")
+        build_index([str(data)], tmp_path / "new" / "parents" / "index", embedder=tiny)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl"]
 
 
@@ -135,13 +142,13 @@ def test_an_unknown_model_fails_before_anything_is_written(tmp_path):
     refused(tmp_path, [write_passages(tmp_path / "p.jsonl")], "no-such-model", embedder="no-such-model")
 
 
-def test_a_failed_first_build_into_an_empty_directory_leaves_it_empty(tmp_path, monkeypatch):
+def test_a_failed_first_build_into_an_empty_directory_leaves_it_empty(tmp_path, monkeypatch, tiny):
     out = tmp_path / "index"
     out.mkdir()
     monkeypatch.setattr(index_module, "write_manifest", lambda path, manifest: 1 / 0)
     with pytest.raises(ZeroDivisionError):
-        build_index([str(write_passages(tmp_path / "p.jsonl"))], out, embedder="tiny-bert")
+        build_index([str(write_passages(tmp_path / "p.jsonl"))], out, embedder=tiny)
     assert list(out.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["index", "p.jsonl"]
     monkeypatch.undo()
-    stats = build_index([str(tmp_path / "p.jsonl")], out, embedder="tiny-bert")  # an empty directory is fine
+    stats = build_index([str(tmp_path / "p.jsonl")], out, embedder=tiny)  # an empty directory is fine
     assert stats["chunks"] == 4 and (out / "index.json").is_file()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..core.errors import TunelabError
 from .chunk import chunk_text
-from .documents import check_source, file_sha256, read_documents, source_key, TEXT_SUFFIXES
+from .documents import TEXT_SUFFIXES, check_source, file_sha256, read_documents, source_key
 from .embed import Embedder, same_embedder
 from .manifest import EmbedderInfo, Manifest, SourceInfo
 
