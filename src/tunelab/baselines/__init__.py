@@ -10,9 +10,10 @@ depending on the config (a zero-shot baseline classifies when given labels, else
 conversation (`tunelab generate`, `tunelab chat`). Its run directory's config.yaml is
 ``{<registry name>: <its config>}``.
 """
-from . import icl, zeroshot
+from . import icl, majority, zeroshot
 
 BASELINES = {
     "zeroshot": zeroshot,
     "icl": icl,
+    "majority": majority,
 }

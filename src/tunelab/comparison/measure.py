@@ -51,12 +51,12 @@ def evaluate_approach(cfg: CompareConfig, approach: Approach, run_dir: Path, sum
                                f"(it reports: {', '.join(sorted(k for k, v in report.items() if isinstance(v, (int, float))))})")
         tests[name] = {"value": value, "n": report.get("n"), "metrics": _scalars(report),
                        "latency_ms": report.get("latency_ms_per_example"),
-                       "prompt_tokens": report.get("prompt_tokens_per_example")}
+                       "prompt_tokens": report.get("prompt_tokens_per_query")}
     final = summaries[-1]
     trained = not approach.is_baseline
     row = {
         "name": approach.name, "kind": approach.kind, "stage": final.get("stage"), "method": final.get("method"),
-        "model": approach.steps[0].model, "after": approach.after, "steps": len(approach.steps),
+        "model": getattr(approach.steps[0], "model", None), "after": approach.after, "steps": len(approach.steps),
         "trainable_params": final.get("trainable_params", 0) if trained else 0,
         "total_params": final.get("total_params"),
         "trainable_percent": final.get("trainable_percent", 0.0) if trained else 0.0,
