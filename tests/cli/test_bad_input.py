@@ -266,8 +266,8 @@ CASES: list[Case] = [
     train("train-data-csv-header-only", ("data.csv", "only a header"), data=write("data.csv", "instruction,response\n")),
     train("train-data-hub-offline", ("someorg/somedata", "offline"), data=lambda ctx: "someorg/somedata"),
     # ----------------------------------------------------------------- train: wrong columns, types, values
-    train("train-data-wrong-columns", ("cannot detect the format", "'answer'", "'question'"),
-          data=[{"question": "Colour of snow?", "answer": "White."}] * 4),
+    train("train-data-wrong-columns", ("cannot detect the format", "'query'", "'reply'"),
+          data=[{"query": "Colour of snow?", "reply": "White."}] * 4),
     train("train-data-fields-name-missing-column", ("data.fields", "'response'", "'answer'", "not in the data"),
           config={"data": {"fields": {"response": "answer"}}}),
     train("train-data-response-is-object", ("row 3", "'response'", "dict"),
