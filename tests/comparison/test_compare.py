@@ -42,7 +42,8 @@ def _spec(world: Path, out: Path, **extra) -> dict:
                      "train": {"max_steps": 2, "batch_size": 8, "eval_before": False, "save_steps": 0}},
         "approaches": [
             {"name": "majority", "kind": "majority"},
-            {"name": "zero-shot", "kind": "zeroshot", "model": "tiny-llama", "labels": ["ham", "spam"]},
+            {"name": "zero-shot", "kind": "zeroshot", "model": "tiny-llama", "labels": ["ham", "spam"],
+             "test_rows": {"sms": 6}},
             {"name": "head", "method": "head"},
             {"name": "head-sms", "after": "head", "method": "head", "data": {"train": str(world / "sms_train.jsonl")}},
         ],
@@ -61,6 +62,7 @@ def finished(world, tmp_path_factory) -> tuple[dict, dict]:
     code, stdout, stderr = run_cli("compare", str(file))
     assert code == 0, stderr
     assert "Recommendation:" in stdout and "head-sms" in stdout
+    assert "sms: 9 rows scored (6 for zero-shot)." in stdout
     return spec, json.loads((out / "compare.json").read_text())
 
 
@@ -69,8 +71,9 @@ def test_every_approach_has_a_row_with_every_figure(finished):
     assert [r["name"] for r in result["rows"]] == ["majority", "zero-shot", "head", "head-sms"]
     for row in result["rows"]:
         assert set(row["tests"]) == {"email", "sms"}
-        for test in row["tests"].values():
-            assert test["n"] == 9 and test["value"] is not None and test["latency_ms"] > 0
+        for name, test in row["tests"].items():
+            assert test["n"] == (6 if (row["name"], name) == ("zero-shot", "sms") else 9)
+            assert test["value"] is not None and test["latency_ms"] > 0
     majority, zero, head, head_sms = result["rows"]
     # always "ham", the majority of the (shared) training data: accuracy = the test set's ham share
     assert majority["tests"]["sms"]["metrics"]["accuracy"] == pytest.approx(6 / 9) and majority["tests"]["sms"]["value"] == 0.0
@@ -152,6 +155,8 @@ def test_the_report_renders_in_headless_chromium_with_its_plots(finished, tmp_pa
     (lambda s: s.update(primary="tweets"), "primary 'tweets' is not a test set"),
     (lambda s: s["data"].update(test={}), "give at least one test set"),
     (lambda s: s["approaches"][2].update(train={"lrr": 1}), "did you mean 'train.lr'?"),
+    (lambda s: s["approaches"][1].update(test_rows={"tweets": 3}), "test_rows names 'tweets', which is not a test set"),
+    (lambda s: s["approaches"][1].update(test_rows=0), "test_rows must be a positive number of rows (got 0)"),
 ])
 def test_bad_compare_files_are_refused_before_anything_runs(world, tmp_path, change, message):
     spec = _spec(world, tmp_path / "never")
