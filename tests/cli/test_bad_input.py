@@ -213,9 +213,10 @@ def corrupt_summary(ctx: Ctx) -> Path:
     return path
 
 
-def hand_index(ctx: Ctx, table: bool = True) -> Path:
+def hand_index(ctx: Ctx, table: bool = True, embedder: str = "minilm-l6") -> Path:
     """A real minilm-l6 retrieval index made without loading the model: a LanceDB table of one
-    SYNTHETIC chunk (zero vector) and its index.json; ``table=False`` then deletes the table."""
+    SYNTHETIC chunk (zero vector) and its index.json; ``table=False`` then deletes the table;
+    ``embedder`` is the model its manifest names."""
     import lancedb
     import pyarrow as pa
 
@@ -226,7 +227,7 @@ def hand_index(ctx: Ctx, table: bool = True) -> Path:
                      "vector": pa.FixedSizeListArray.from_arrays(pa.array([0.0] * dim, pa.float32()), dim)})
     version = lancedb.connect(path).create_table("chunks", data).version
     manifest = {"format": "tunelab-rag-index", "format_version": 1, "table_version": version,
-                "embedder": {"spec": "minilm-l6", "dim": dim, "probe": [0.0] * dim},
+                "embedder": {"spec": embedder, "dim": dim, "probe": [0.0] * dim},
                 "chunking": {"chunk_words": 180, "overlap": 30}, "sources": {}}
     (path / "index.json").write_text(json.dumps(manifest))
     if not table:
@@ -239,6 +240,23 @@ def rag_index(id: str, fragments: tuple[str, ...], *flags: str, docs: Callable[[
     """`tunelab rag index {doc} --out OUT FLAGS`; ``docs`` writes the document file (default: a SYNTHETIC .txt)."""
     make = docs or write("d.txt", "Snow is white. Coal is black.\n")
     return Case(id, files(doc=make), ("rag", "index", "{doc}", "--out", out, *flags), fragments, absent)
+
+
+def rag_baseline(id: str, fragments: tuple[str, ...], *flags: str, index: Callable[[Ctx], object] = hand_index) -> Case:
+    """`tunelab rag baseline` (classification) over the index ``index`` makes; no run may be left."""
+    return Case(id, files(idx=index), ("rag", "baseline", "--model", "tiny-llama", "--index", "{idx}", "--labels", "a,b",
+                                       *flags, "--out", "{tmp}/rag"), fragments, ("{tmp}/rag",))
+
+
+def rag_run(ctx: Ctx) -> Path:
+    """A finished RAG classification baseline with gold field 'pmid', written by hand (it is refused
+    before its index or model is opened)."""
+    path = ctx.tmp / "rag-run"
+    path.mkdir()
+    config = {"rag": {"model": "tiny-llama", "labels": ["0", "1"], "index": str(ctx.tmp / "idx"), "gold_field": "pmid"}}
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    (path / "summary.json").write_text(json.dumps({"stage": "classify", "baseline": "rag", "metrics": {}}))
+    return path
 
 
 CORRUPT_PARQUET = b"PAR1\x15\x04\x15\x10\x15\x14L\x15\x02\x15\x00\x12\x00\x00garbage-not-parquet\x00PAR1"
@@ -584,6 +602,17 @@ CASES: list[Case] = [
          ("--k", "greater than or equal to 1")),
     Case("rag-query-unknown-mode", files(d=hand_index), ("rag", "query", "{d}", "snow", "--mode", "sparse"),
          ("--mode", "'sparse'", "'dense', 'hybrid'")),
+    # ----------------------------------------------------------------- rag baseline
+    rag_baseline("rag-baseline-missing-index", ("nope", "does not exist"), index=lambda ctx: ctx.tmp / "nope"),
+    rag_baseline("rag-baseline-corrupt-index", ("idx", "corrupt", "table 'chunks' is missing"),
+                 index=lambda ctx: hand_index(ctx, table=False)),
+    rag_baseline("rag-baseline-index-embedder-unknown", ("embedding model 'nope-embedder'", "cannot be loaded"),
+                 index=lambda ctx: hand_index(ctx, embedder="nope-embedder")),
+    rag_baseline("rag-baseline-k-zero", ("--k", "greater than or equal to 1", "got 0"), "--k", "0"),
+    rag_baseline("rag-baseline-template-without-passages", ("--template", "must hold {passages}"),
+                 "--template", "{{query}}"),  # {{ }}: args are format strings
+    Case("eval-rag-gold-field-missing", files(run=rag_run, d=write("t.jsonl", rows("classification"))),
+         ("eval", "{run}", "--data", "t={d}"), ("t.jsonl", "no gold field 'pmid'", "text, label")),
     # ----------------------------------------------------------------- runs
     Case("runs-output-dir-is-a-file", files(d=write("runs.txt", "x")), ("runs", "--output-dir", "{d}"),
          ("--output-dir", "runs.txt", "is a file")),
@@ -686,4 +715,4 @@ def test_the_table_covers_every_command_with_distinct_cases():
     commands = {case.args[0] if case.args[0] not in ("config", "data", "rag") else " ".join(case.args[:2])
                 for case in CASES}
     assert commands >= {"train", "eval", "merge", "generate", "chat", "score", "data inspect", "zeroshot", "icl", "feedback",
-                        "config show", "runs", "rag index", "rag query"}, commands
+                        "config show", "runs", "rag index", "rag query", "rag baseline"}, commands

@@ -1,4 +1,4 @@
-"""build_index / open_index on SYNTHETIC documents (synthetic_docs.py) with a real LanceDB directory
+"""build_index / open_index on SYNTHETIC documents (tests/synthetic_docs.py) with a real LanceDB directory
 under tmp_path and the real minilm-l6 encoder (its semantics are what the rankings test)."""
 from __future__ import annotations
 

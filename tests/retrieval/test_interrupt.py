@@ -1,7 +1,7 @@
 """An interrupted `index` leaves the previous index usable and answering identically: once with an
 exception after the table write and before the manifest write, once with a real process
 SIGKILLed at that moment. The next build then starts from the manifest's table version (nothing
-the interrupted one wrote survives). Documents are SYNTHETIC (synthetic_docs.py)."""
+the interrupted one wrote survives). Documents are SYNTHETIC (tests/synthetic_docs.py)."""
 from __future__ import annotations
 
 import os

@@ -7,13 +7,15 @@ depending on the config (a zero-shot baseline classifies when given labels, else
 ``check(cfg, model, tokenizer) -> dict`` (summary facts; raises on bad settings) and
 ``evaluate(loaded, name, file, options)``. A generating baseline also offers
 ``prompt(loaded, messages, max_new_tokens) -> messages``: the chat its model replies to for a
-conversation (`tunelab generate`, `tunelab chat`). Its run directory's config.yaml is
-``{<registry name>: <its config>}``.
+conversation (`tunelab generate`, `tunelab chat`). Optionally ``check_data(cfg, name, file)``
+refuses a test file before any model is loaded (`tunelab eval`; RAG: a missing gold field). Its run
+directory's config.yaml is ``{<registry name>: <its config>}``.
 """
-from . import icl, majority, zeroshot
+from . import icl, majority, rag, zeroshot
 
 BASELINES = {
     "zeroshot": zeroshot,
     "icl": icl,
     "majority": majority,
+    "rag": rag,
 }

@@ -1,4 +1,5 @@
-"""`tunelab rag index` / `tunelab rag query`: build and search a retrieval index (retrieval.index)."""
+"""`tunelab rag index` / `query` / `baseline`: build and search a retrieval index (retrieval.index), and
+create a RAG baseline run over one (baselines.rag) that `tunelab eval` scores like any run."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ from typing import List, Optional
 import typer
 
 from ..retrieval.chunk import DEFAULT_CHUNK_WORDS, DEFAULT_OVERLAP
+
 
 class Mode(str, Enum):
     dense = "dense"
@@ -76,6 +78,41 @@ def rag_query(
         return
     for rank, hit in enumerate(hits, start=1):
         print(f"{rank}. score {hit.score:.4f}  {hit.source}  chunk {hit.chunk}  doc {hit.doc}\n   {hit.text}")
+
+
+@rag_app.command("baseline")
+def rag_baseline(
+    model: str = typer.Option(..., "--model", help="Instruct model: bundled name, model dir or Hub id."),
+    index: Path = typer.Option(..., "--index", help="Index directory (from `tunelab rag index`); its own embedder "
+                                                    "embeds the queries."),
+    out: Path = typer.Option(..., "--out", help="Run directory to create."),
+    k: int = typer.Option(3, "--k", help="Chunks retrieved per query."),
+    mode: Mode = typer.Option(Mode.dense, "--mode", help="dense (embeddings) or hybrid (embeddings + BM25, rank-fused)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated labels; none: answer instruction/chat data."),
+    label_word: Optional[List[str]] = typer.Option(None, "--label-word", help="LABEL=WORD the model answers with (repeatable)."),
+    instruction: Optional[str] = typer.Option(None, "--instruction", help="As for `tunelab zeroshot`."),
+    gold_field: Optional[str] = typer.Option(None, "--gold-field", help="Test-file column with each row's relevant "
+                                                                       "document id: eval adds recall@k and MRR."),
+    template: Optional[str] = typer.Option(None, "--template", help="The user message, with {passages} and {query} "
+                                                                   "(default: 'Use the passages below to answer.' ...)."),
+    max_length: int = typer.Option(256, "--max-length", min=8, help="Tokens kept of each message."),
+    passage_tokens: Optional[int] = typer.Option(None, "--passage-tokens", help="Tokens kept of each passage "
+                                                                               "(default: --max-length)."),
+    max_context: Optional[int] = typer.Option(None, "--max-context", help="Prompt + answer tokens allowed "
+                                                                          "(default: the model's positions)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing directory."),
+):
+    """Create a RAG baseline run: the K chunks of --index that best match each query, before it."""
+    _quiet_loading()
+    from ..baselines.rag import RAGConfig
+    from .baselines import _common, _create
+
+    settings = {**_common(model, labels, label_word, instruction, max_length), "k": k, "mode": mode.value,
+                "index": str(index.expanduser().absolute()),  # the run is evaluated from any directory
+                "gold_field": gold_field, "passage_tokens": passage_tokens, "max_context": max_context}
+    if template is not None:
+        settings["template"] = template
+    _create(out, "rag", RAGConfig, settings, overwrite)
 
 
 def _count(n: int, noun: str) -> str:

@@ -78,6 +78,8 @@ def evaluate(run_dir: str | Path, data: dict[str, str], threshold: float | None 
             raise TunelabError(f"--data {name}={file}: file not found")
         if path.is_dir():
             raise TunelabError(f"--data {name}={file} is a directory, not a data file")
+        if hasattr(owner, "check_data"):  # a baseline's own demands on a test file (RAG: its gold field)
+            owner.check_data(info.config, name, file)
     loaded = load(run_dir)
     links = {} if info.baseline else load_links(info.config, overrides={"reward_model": reward_model} if reward_model else None)
     reports = {}

@@ -75,6 +75,11 @@ class Index:
                 .rerank(RRFReranker()).limit(max(k, HYBRID_CANDIDATES)).to_list())
         return [_hit(row, row["_relevance_score"]) for row in rows[:k]]
 
+    def embedder(self) -> Embedder:
+        """The index's own embedder (the one its manifest names), loaded once and checked by its probe:
+        what a caller loads up front so a missing or different model fails before anything else."""
+        return self._embedder(None)
+
     def _embedder(self, embedder: str | Embedder | None) -> Embedder:
         if isinstance(embedder, Embedder):
             if self._embedders.get(embedder.spec) is not embedder:

@@ -1,6 +1,6 @@
-"""SYNTHETIC documents for the retrieval tests: short made-up passages on unrelated topics, so a
-real sentence encoder (minilm-l6) ranks each question's own passage first, and one long passage
-that chunking cuts into several pieces. Nothing here is real data."""
+"""SYNTHETIC documents for the retrieval and RAG-baseline tests: short made-up passages on unrelated
+topics, so a real sentence encoder (minilm-l6) ranks each question's own passage first, and one long
+passage that chunking cuts into several pieces. Nothing here is real data."""
 from __future__ import annotations
 
 import json
