@@ -6,7 +6,6 @@ model: its scores exercise the paths, they mean nothing.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -102,20 +102,22 @@ class ZeroShotClassifier:
     def _answer_scores(self, prompts: list[list[int]], answer: list[int] | None) -> torch.Tensor:
         """log P(answer | prompt) per prompt; with ``answer=None``, log P(first token) for every label word."""
         from ..data.collate import pad_right
+        from ..stages._reference import _accepts_logits_to_keep
 
         sequences = [p + (answer or []) for p in prompts]
         input_ids, attention_mask = pad_right(sequences, self.tokenizer.pad_token_id)
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
-        logprobs = torch.log_softmax(logits, dim=-1)  # (B, T, V)
-        rows = torch.arange(len(prompts))
+        span = len(answer) if answer else 1
+        at = torch.tensor([[len(p) - 1 + offset for offset in range(span)] for p in prompts])  # (B, S): t predicts t+1
+        if _accepts_logits_to_keep(self.model):  # project only the S positions that predict the answer
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=at).logits
+        else:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            logits = torch.take_along_dim(logits, at[..., None], dim=1)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)  # (B, S, V)
         if answer is None:  # every label word is one token: one pass scores them all
-            last = torch.tensor([len(p) - 1 for p in prompts])
-            return logprobs[rows, last][:, [ids[0] for ids in self.word_ids]]  # (B, L)
-        total = torch.zeros(len(prompts))
-        for offset, token in enumerate(answer):  # position t predicts token t+1
-            at = torch.tensor([len(p) - 1 + offset for p in prompts])
-            total += logprobs[rows, at, token]
-        return total  # (B,)
+            return logprobs[:, 0][:, [ids[0] for ids in self.word_ids]]  # (B, L)
+        tokens = torch.tensor(answer).expand(len(prompts), span)  # (B, S)
+        return logprobs.gather(2, tokens[..., None]).squeeze(-1).sum(dim=1)  # (B,)
 
     def predict_proba(self, texts: list[str], batch_size: int = 8) -> torch.Tensor:
         """(N, L) probabilities: a softmax over the label words' log-likelihoods."""

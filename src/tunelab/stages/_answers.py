@@ -13,7 +13,7 @@ import time
 from typing import Callable
 
 from ..core.errors import TunelabError
-from ..core.lazy import inference_mode, torch
+from ..core.lazy import inference_mode
 from ..data.tokenize import encode_chat, ensure_chat_template
 
 CHAT_FORMATS = ("instruction", "messages")  # formats with a reference reply to score and compare against
