@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -59,3 +60,13 @@ def test_make_demo_sft_prints_held_out_loss_and_generations_before_and_after(tmp
     metrics = json.loads((tmp_path / "demo-sft-lora-smollm2" / "summary.json").read_text())["metrics"]
     assert float(loss.group(1)) == pytest.approx(metrics["before_eval_loss"], abs=5e-5)
     assert float(loss.group(2)) == pytest.approx(metrics["eval_loss"], abs=5e-5)
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(EXAMPLES_DIR) for p in EXAMPLES_DIR.rglob("*.yaml")
+                                        if p.parent.name == "medical" or p.name == "compare.yaml"), ids=str)
+def test_shipped_compare_files_validate(path):
+    """Every shipped comparison loads: its keys, approaches and run configs are valid (nothing runs)."""
+    from tunelab.comparison import load_compare_config
+
+    cfg, approaches = load_compare_config(EXAMPLES_DIR / path)
+    assert approaches and all(Path(file).is_file() for file in (REPO_ROOT / f for f in cfg.data.test.values()))
