@@ -149,7 +149,8 @@ def retrieval_report(cfg: Config, passages: Passages, gold: list[list[str]] | No
     from ..core.metrics import mrr, recall_at_k
 
     queries = max(len(passages.retrieved), 1)
-    out = {"k": cfg.k, "retrieval_mode": cfg.mode, "retrieve_seconds_per_query": passages.seconds / queries}
+    out = {"k": cfg.k, "retrieval_mode": cfg.mode, "retrieve_seconds_per_query": passages.seconds / queries,
+           "index_table_version": passages.index.manifest.table_version}  # the index may have grown since
     if gold is not None:
         if len(gold) != len(passages.retrieved):  # one search per scored row; anything else is a bug here
             raise RuntimeError(f"{len(passages.retrieved)} searches for {len(gold)} gold rows")

@@ -4,8 +4,8 @@ With ``labels``: asked for a label word, each label scored by the likelihood of 
 reply (the classify stage's metrics). Without: it answers instruction/chat rows (the sft stage's
 answer metrics: answer perplexity; ROUGE-L with ``--generate``). No training. ``tunelab zeroshot``
 writes a run directory (config.yaml with a ``zeroshot:`` section, summary.json; see
-``runs.baseline``) that ``tunelab eval`` scores like any run. The ICL baseline reuses both
-scorers, adding demonstrations before the query through a :class:`~._context.Context`.
+``runs.baseline``) that ``tunelab eval`` scores like any run. The ICL and RAG baselines reuse both
+scorers, adding demonstrations or retrieved passages through a :class:`~._context.Context`.
 """
 from __future__ import annotations
 
