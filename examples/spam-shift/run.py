@@ -1,68 +1,46 @@
-"""Spam filters under distribution shift: email -> SMS, for several adaptation methods.
+"""Spam filters under distribution shift, email -> SMS: `tunelab compare` on compare.yaml, in profiles.
 
-For each method: (1) train on email, (2) evaluate on email-test and SMS-test, (3) continue the
-email model on 200 SMS messages (init_from), (4) evaluate again on both. Plus a zero-shot
-baseline (an instruct model asked "spam?", no training). Prints one table and writes it to
-OUTPUT_DIR/results.{md,json}.
+Runs every approach of compare.yaml (majority class, zero-shot and 4-shot prompting of an instruct
+model, then head / LoRA / adapter / full fine-tunes on email continued on 200 SMS, with and
+without email replay), prints the table and the recommendation, and writes OUTPUT_DIR/report.html.
 
-    python examples/spam-shift/run.py            # fast profile (minutes on 2 CPU cores)
+    python examples/spam-shift/run.py            # fast profile (subsets; minutes on 2 CPU cores)
     python examples/spam-shift/run.py --full     # all data, longer inputs (much longer)
     python examples/spam-shift/run.py --smoke    # seconds: tiny random models, a few rows (checks it runs)
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
-import time
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-TEST_SETS = {"email": "data/spam/email_test.jsonl", "sms": "data/spam/sms_test.jsonl"}
-METHODS = ["head", "lora", "adapter", "full"]
-
-# Fast: subsets (the split files are in hash order, so "first N rows" is a fixed random sample).
-PROFILES = {
-    "fast": {"overrides": [], "test_rows": {"email": 200, "sms": 400}, "zeroshot_rows": 100, "zeroshot_tokens": 48},
-    "full": {"overrides": ["data.max_rows=null", "train.max_length=128"], "test_rows": None,
-             "zeroshot_rows": None, "zeroshot_tokens": 128},
-    # The whole scenario on the tiny random models: the numbers mean nothing, the path is the real one.
-    "smoke": {"overrides": ["model=tiny-bert", "data.max_rows=32", "train.max_steps=2", "train.batch_size=8"],
-              "test_rows": {"email": 16, "sms": 16}, "zeroshot_rows": 4, "zeroshot_tokens": 32,
-              "zeroshot_model": "tiny-llama", "backbone": "tiny-bert"},
-}
-ZEROSHOT = {
-    "model": "smollm2-135m",
-    "labels": ["ham", "spam"],
-    "label_words": {"ham": "no", "spam": "yes"},  # one token each: one forward pass per message
-    "instruction": "Is the message below spam (unsolicited advertising, a scam or phishing)? Answer yes or no.",
-}
+# The whole scenario on tiny random models: the numbers mean nothing, the path is the real one.
+SMOKE_MODELS = {"minilm-l6": "tiny-bert", "smollm2-135m": "tiny-llama"}
 
 
-def _row(method: str, trained_on: str, summary: dict, result: dict) -> dict:
-    row = {"method": method, "trained_on": trained_on, "trainable_percent": summary["trainable_percent"],
-           "train_seconds": summary["train_seconds"]}
-    for name, report in result["data"].items():
-        row[name] = {"f1": report["f1"], "accuracy": report["accuracy"], "n": report["n"]}
-    return row
-
-
-def format_table(rows: list[dict], title: str) -> str:
-    sets = list(TEST_SETS)
-    header = f"{'method':<10} {'trained on':<18} {'trainable %':>11} {'train s':>8} " + " ".join(
-        f"{name + ' F1':>9} {name + ' acc':>10}" for name in sets)
-    lines = [title, header, "-" * len(header)]
-    for r in rows:
-        lines.append(f"{r['method']:<10} {r['trained_on']:<18} {r['trainable_percent']:>11.3f} {r['train_seconds']:>8.1f} "
-                     + " ".join(f"{r[name]['f1']:>9.3f} {r[name]['accuracy']:>10.3f}" for name in sets))
-    counts = {name: sorted({r[name]["n"] for r in rows}) for name in sets}
-    lines.append("F1 = spam F1 (positive class: spam). Test rows: "
-                 + ", ".join(f"{name} {'/'.join(map(str, n))}" for name, n in counts.items())
-                 + " (zero-shot may use fewer: it is the slowest to score).")
-    return "\n".join(lines)
+def apply_profile(spec: dict, profile: str) -> dict:
+    if profile == "full":
+        spec["data"]["test_rows"] = None
+        spec["defaults"]["data"]["max_rows"] = None
+        spec["defaults"]["train"]["max_length"] = 128
+    elif profile == "smoke":
+        spec["data"]["test_rows"] = {name: 16 for name in spec["data"]["test"]}
+        spec["defaults"]["model"] = SMOKE_MODELS[spec["defaults"]["model"]]
+        spec["defaults"]["data"]["max_rows"] = 32
+        spec["defaults"]["train"].update(max_steps=2, batch_size=8)
+        for approach in spec["approaches"]:
+            approach.pop("test_rows", None)  # every approach scores the same 16 rows
+            if "model" in approach:
+                approach["model"] = SMOKE_MODELS.get(approach["model"], approach["model"])
+            if isinstance(approach.get("train"), dict):
+                approach["train"].pop("epochs", None)
+                approach["train"].pop("batch_size", None)
+    return spec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,66 +48,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help="All training/test data and max_length 128.")
     parser.add_argument("--smoke", action="store_true",
                         help="Seconds: tiny-bert/tiny-llama, 32 rows, 2 steps (checks the script runs; numbers mean nothing).")
-    parser.add_argument("--methods", default=",".join(METHODS), help="Comma-separated methods (default: %(default)s).")
-    parser.add_argument("--model", default=None, help="Backbone instead of the configs' minilm-l6 (e.g. smollm2-135m).")
-    parser.add_argument("--no-zeroshot", action="store_true", help="Skip the zero-shot baseline.")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="Extra config override for every run (repeatable), e.g. --set train.lr=1e-3.")
-    parser.add_argument("--output-dir", default="runs/spam-shift", help="Where the runs go (default: %(default)s).")
+    parser.add_argument("--only", default=None, help="Comma-separated approach names to keep (default: all).")
+    parser.add_argument("--output-dir", default=None, help="Where the runs and report go (default: compare.yaml's).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="Show each training run's own output.")
     args = parser.parse_args(argv)
-
-    os.chdir(REPO)  # configs name data/ and runs/ relative to the repository root
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from tunelab import TunelabError, train
-    from tunelab.evaluate import evaluate
-    from tunelab.baselines.zeroshot import ZeroShotConfig
-    from tunelab.runs.baseline import create_baseline_run
-
     if args.full and args.smoke:
         parser.error("--full and --smoke exclude each other")
-    profile_name = "full" if args.full else "smoke" if args.smoke else "fast"
-    profile = PROFILES[profile_name]
-    out = Path(args.output_dir)
-    overrides = profile["overrides"] + [f"output_dir={out}"] + ([f"model={args.model}"] if args.model else []) + args.set
-    started = time.time()
-    rows = []
 
-    def score(run_dir: Path, max_rows) -> dict:
-        return evaluate(run_dir, TEST_SETS, max_rows=max_rows)
+    os.chdir(REPO)  # compare.yaml names data/ and runs/ relative to the repository root
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import tunelab
+    from tunelab import TunelabError
+    from tunelab.comparison import format_table
 
-    def progress(message: str) -> None:
-        print(f"[{time.time() - started:6.0f}s] {message}", file=sys.stderr, flush=True)
-
+    spec = apply_profile(yaml.safe_load((HERE / "compare.yaml").read_text()),
+                         "full" if args.full else "smoke" if args.smoke else "fast")
+    if args.only:
+        keep = {name.strip() for name in args.only.split(",")}
+        spec["approaches"] = [a for a in spec["approaches"] if a["name"] in keep]
+    if args.output_dir:
+        spec["output_dir"] = args.output_dir
     try:
-        if not args.no_zeroshot:
-            progress("zero-shot baseline ...")
-            zs_cfg = ZeroShotConfig(**{**ZEROSHOT, "model": profile.get("zeroshot_model", ZEROSHOT["model"])},
-                                    max_length=profile["zeroshot_tokens"])
-            run = create_baseline_run(out / "zeroshot", "zeroshot", zs_cfg, overwrite=True)
-            summary = json.loads((run / "summary.json").read_text())
-            rows.append(_row("zero-shot", f"none ({zs_cfg.model})", summary, score(run, profile["zeroshot_rows"])))
-        for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-            progress(f"{method}: train on email ...")
-            email_run = train(HERE / f"email-{method}.yaml", overrides, overwrite=True, quiet=True)
-            summary = json.loads((email_run / "summary.json").read_text())
-            rows.append(_row(method, "email", summary, score(email_run, profile["test_rows"])))
-            progress(f"{method}: continue on 200 SMS ...")
-            sms_run = train(HERE / f"sms-{method}.yaml", overrides + [f"init_from={email_run}"], overwrite=True, quiet=True)
-            summary = json.loads((sms_run / "summary.json").read_text())
-            rows.append(_row(method, "email + 200 sms", summary, score(sms_run, profile["test_rows"])))
+        result = tunelab.compare(spec, verbose=args.verbose)
     except TunelabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-
-    elapsed = time.time() - started
-    backbone = args.model or profile.get("backbone", "minilm-l6")
-    title = (f"spam-shift, {profile_name} profile, backbone {backbone} -- {time.strftime('%Y-%m-%d')}, "
-             f"{platform.machine()} {os.cpu_count()} CPU cores, {elapsed / 60:.1f} min total")
-    table = format_table(rows, title)
-    print(table)
-    (out / "results.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps({"title": title, "rows": rows}, indent=2) + "\n")
+    print(format_table(result))
+    print(f"\nreport: {Path(spec['output_dir']) / 'report.html'}")
     return 0
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -9,26 +10,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .core.errors import TunelabError
 from .core.schema import StrictModel
+from .data.config import TRAIN_TAGS, DataConfig, DataSource, ReplayConfig  # noqa: F401 (the data section)
 from .methods import METHODS
 from .stages import STAGES
-
-DataFormat = Literal["auto", "text", "instruction", "messages", "classification", "preference", "rating"]
-
-
-class DataConfig(StrictModel):
-    """Where the examples come from and how to read them."""
-
-    train: str = Field(description="Training data: a .jsonl/.json/.csv/.parquet file, or a Hub dataset id.")
-    eval: str | None = Field(None, description="Held-out data file; if unset, `eval_fraction` of train is held out.")
-    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of train held out for eval when `eval` is unset.")
-    format: DataFormat = Field("auto", description="Row format; `auto` detects it from the field names.")
-    fields: dict[str, str] = Field(
-        default_factory=dict,
-        description="Map canonical field -> column in the file, e.g. {instruction: question, response: answer}.",
-    )
-    split: str = Field("train", description="Split to read from a Hub dataset.")
-    max_rows: int | None = Field(None, ge=1, description="Use only the first N rows of train (after shuffling).")
-    system_prompt: str | None = Field(None, description="System message prepended to every chat (SFT).")
 
 
 class TrainConfig(StrictModel):
@@ -137,7 +121,10 @@ def validate_config(raw: dict, origin: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise TunelabError(f"{origin}: {_describe_error(exc.errors()[0], raw)}") from None
+        errors = exc.errors()
+        # A misspelt key also makes its section miss a required key: name the misspelling, it has a fix.
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+        raise TunelabError(f"{origin}: {_describe_error(first, raw)}") from None
 
 
 def _read_yaml(path: Path) -> dict:
@@ -176,20 +163,46 @@ def _parse_override(item: str) -> tuple[str, Any]:
 
 def _set_dotted(raw: dict, key: str, value: Any) -> None:
     node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
+    parts = re.sub(r"\[(\d+)\]", r".\1", key).split(".")  # data.train[1].fraction, as errors name it
+    for depth, part in enumerate(parts[:-1]):
+        if isinstance(node, list):  # an item of data.train's list of sources
+            index = _list_index(node, part, key)
+            if isinstance(node[index], str):
+                node[index] = {"path": node[index]}
+            node = node[index]
+            continue
         child = node.get(part)
         if isinstance(child, str) and part in ("method", "stage"):
             child = {"name": child}  # expand the shorthand so method.r=8 can land
-        if not isinstance(child, dict):
+        elif isinstance(child, str) and part == "replay" and node is raw.get("data"):
+            child = {"train": child}  # likewise data.replay.fraction=0.2 on `replay: email.jsonl`
+        if not isinstance(child, (dict, list)) or (isinstance(child, list) and not parts[depth + 1].isdigit()):
             child = {}
         node[part] = child
         node = child
     last = parts[-1]
-    if node is raw and last in ("method", "stage") and isinstance(value, str) and isinstance(node.get(last), dict):
+    if isinstance(node, list):
+        node[_list_index(node, last, key)] = value
+    elif node is raw and last in ("method", "stage") and isinstance(value, str) and isinstance(node.get(last), dict):
         node[last]["name"] = value  # `method=lora` after `method.r=8` names the section, keeping its options
     else:
         node[last] = value
+
+
+def _list_index(items: list, part: str, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(items):
+        raise TunelabError(f"override '{key}': '{part}' is not an item of a list of {len(items)} "
+                           f"(items count from 0, e.g. data.train[1].fraction=0.2)")
+    return int(part)
+
+
+def _models_in(annotation) -> list:
+    """The config classes inside a field's type (through Optional, unions, Annotated and lists)."""
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, StrictModel):
+        return [annotation]
+    return [found for arg in typing.get_args(annotation) for found in _models_in(arg)]
 
 
 def _section_class(cls, field: str, raw_section: Any):
@@ -199,54 +212,76 @@ def _section_class(cls, field: str, raw_section: Any):
         name = raw_section.get("name") if isinstance(raw_section, dict) else raw_section
         module = registry.get(name)
         return module.Config if module else None
-    annotation = cls.model_fields[field].annotation
-    return annotation if isinstance(annotation, type) and issubclass(annotation, StrictModel) else None
+    found = _models_in(cls.model_fields[field].annotation)
+    return found[0] if found else None
 
 
 def _describe_error(err: dict, raw: dict) -> str:
     """Turn one pydantic error into a line that names the key and suggests a fix."""
-    loc = [str(part) for part in err["loc"]]
-    cls, node, path = RunConfig, raw, []
+    loc = list(err["loc"])
+    cls, node = RunConfig, raw
+    keys: list[str] = []  # the keys walked, without list indices
+    dotted = parent = ""  # the location as written, e.g. data.train[1].fraction; and above its last key
     i = 0
     while i < len(loc):
         part = loc[i]
-        path.append(part)
+        if isinstance(part, int):  # an item of a list of sections (data.train's sources)
+            dotted += f"[{part}]"
+            node = node[part] if isinstance(node, list) and 0 <= part < len(node) else {}
+            i += 1
+            continue
+        part = str(part)
+        parent, dotted = dotted, f"{dotted}.{part}" if dotted else part
+        keys.append(part)
         if i == len(loc) - 1 or cls is None:
             break
-        field_cls = _section_class(cls, part, node.get(part) if isinstance(node, dict) else None) if part in cls.model_fields else None
+        field_cls = _section_class(cls, part, node.get(part) if isinstance(node, dict) else None) \
+            if part in cls.model_fields else None
         node = node.get(part, {}) if isinstance(node, dict) else {}
-        if cls is RunConfig and part in ("method", "stage") and i + 1 < len(loc) and loc[i + 1] == node.get("name", None):
+        following = loc[i + 1]
+        if cls is RunConfig and part in ("method", "stage") and isinstance(node, dict) and following == node.get("name"):
             i += 1  # pydantic puts the union tag in the location; it is not a key
+        elif cls is DataConfig and part == "train" and following in TRAIN_TAGS:
+            i += 1  # likewise data.train's form (one file, or a list of sources)
         cls = field_cls
         i += 1
-    dotted = ".".join(path)
     kind = err["type"]
     if kind == "extra_forbidden" and cls is not None:
         valid = list(cls.model_fields)
-        hint = _close_matches(path[-1], valid, n=1, cutoff=0.5)
-        where = f"{'.'.join(path[:-1]) + '.' if len(path) > 1 else ''}"
+        hint = _close_matches(keys[-1], valid, n=1, cutoff=0.5)
+        where = f"{parent}." if parent else ""
         suggestion = f"; did you mean '{where}{hint[0]}'?" if hint else f"; valid keys: {', '.join(valid)}"
-        if len(path) == 2 and path[0] in ("method", "stage"):
-            section = raw.get(path[0])
+        if len(keys) == 2 and keys[0] in ("method", "stage"):
+            section = raw.get(keys[0])
             chosen = section.get("name") if isinstance(section, dict) else section
-            owner = f" for {path[0]} '{chosen}'"
-            registry = METHODS if path[0] == "method" else STAGES
-            others = [name for name, module in registry.items() if path[-1] in module.Config.model_fields]
+            owner = f" for {keys[0]} '{chosen}'"
+            registry = METHODS if keys[0] == "method" else STAGES
+            others = [name for name, module in registry.items() if keys[-1] in module.Config.model_fields]
             if others:  # e.g. method.r with method: full -- an exact match elsewhere beats a fuzzy hint
-                suggestion = f"; '{path[-1]}' is an option of {path[0]} {', '.join(others)} (valid keys: {', '.join(valid)})"
+                suggestion = f"; '{keys[-1]}' is an option of {keys[0]} {', '.join(others)} (valid keys: {', '.join(valid)})"
         else:
-            owner = f" for {cls.__name__.replace('Config', '').lower()}" if cls is not RunConfig else ""
+            owner = f" for {_words(cls.__name__.removesuffix('Config'))}" if cls is not RunConfig else ""
         return f"unknown key '{dotted}'{owner}{suggestion}"
     if kind == "union_tag_invalid":
-        registry = METHODS if path[0] == "method" else STAGES
+        registry = METHODS if keys[0] == "method" else STAGES
         got = err.get("input", {}).get("name") if isinstance(err.get("input"), dict) else err.get("input")
         hint = _close_matches(str(got), list(registry), n=1)
         more = f" (did you mean '{hint[0]}'?)" if hint else ""
-        return f"unknown {path[0]} '{got}'{more}; choose from: {', '.join(registry)}"
+        return f"unknown {keys[0]} '{got}'{more}; choose from: {', '.join(registry)}"
     if kind == "missing":
         return f"missing required key '{dotted}'"
+    if kind == "string_type" and keys[-2:] == ["data", "train"]:
+        return f"data.train: expected a file path or Hub dataset id, or a list of sources (got {err.get('input')!r})"
+    message = err["msg"].removeprefix("Value error, ")  # our validators' own messages need no prefix
+    message = message[:1].lower() + message[1:]  # keep the case of names and paths inside it
     value = err.get("input")
-    return f"{dotted}: {err['msg'].lower()} (got {value!r})"
+    got = "" if isinstance(value, dict) else f" (got {value!r})"  # a whole section is too long to repeat
+    return f"{dotted}: {message}{got}"
+
+
+def _words(name: str) -> str:
+    """DataSource -> 'data source'."""
+    return "".join(f" {c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(name))
 
 
 def _close_matches(word: str, candidates, n: int = 1, cutoff: float = 0.6) -> list[str]:

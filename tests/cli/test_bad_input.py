@@ -107,6 +107,22 @@ class Ctx:
         return path
 
 
+def zeroshot_generation(ctx: Ctx) -> Path:
+    """A finished zero-shot generation baseline (no labels), written by hand."""
+    path = ctx.tmp / "zeroshot-gen"
+    path.mkdir()
+    (path / "config.yaml").write_text(yaml.safe_dump({"zeroshot": {"model": "tiny-llama"}}))
+    (path / "summary.json").write_text(json.dumps({"stage": "sft", "baseline": "zeroshot", "metrics": {}}))
+    return path
+
+
+def icl(*flags: str, train: str = "classification", labels: str | None = "0,1") -> tuple[Callable[[Ctx], dict], tuple]:
+    """(build, args) of a `tunelab icl` case on a SYNTHETIC train file of ``train``'s dialect."""
+    build = files(train=lambda ctx: ctx.write("train.jsonl", rows(train)))
+    label_flags = ("--labels", labels) if labels else ()
+    return build, ("icl", "--model", "tiny-llama", "--train", "{train}", *label_flags, *flags, "--out", "{tmp}/icl")
+
+
 def rows(dialect: str, change: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """The SYNTHETIC rows of a dialect, changed in place by ``change``."""
     out = [json.loads(json.dumps(row)) for row in SYNTHETIC_ROWS[dialect]]
@@ -132,13 +148,30 @@ def train(id: str, fragments: tuple[str, ...], *overrides: str, data: Callable |
             source = ctx.write(f"{data}.jsonl", rows(data))
         else:
             source = ctx.write("data.jsonl", data)
-        value = lambda v: str(v(ctx)) if callable(v) else v  # noqa: E731
+
+        def value(v):  # callables are built; lists and mappings (data.train's sources) are built inside
+            if callable(v):
+                return _plain(v(ctx))
+            if isinstance(v, (list, dict)):
+                return _plain({key: value(item) for key, item in v.items()} if isinstance(v, dict) else
+                              [value(item) for item in v])
+            return v
+
         sections = {key: {k: value(v) for k, v in section.items()} if isinstance(section, dict) else value(section)
                     for key, section in (config or {}).items()}
         return {"config": ctx.config(source, stage, method, value(model), **sections)}
 
     return Case(id, build, ("train", "{config}", *overrides, "--quiet", *flags), fragments, ("{tmp}/runs/" + NAME,),
                 needs)
+
+
+def _plain(value):
+    """A built config value as YAML can hold it: paths as strings, also inside lists and mappings."""
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return str(value) if isinstance(value, Path) else value
 
 
 def files(**made: Callable[[Ctx], object]) -> Callable[[Ctx], dict]:
@@ -177,6 +210,52 @@ def corrupt_summary(ctx: Ctx) -> Path:
     """A reward run directory whose summary.json is binary garbage."""
     path = ctx.finished("reward", "tiny-llama")
     (path / "summary.json").write_bytes(NOT_UTF8)
+    return path
+
+
+def hand_index(ctx: Ctx, table: bool = True, embedder: str = "minilm-l6") -> Path:
+    """A real minilm-l6 retrieval index made without loading the model: a LanceDB table of one
+    SYNTHETIC chunk (zero vector) and its index.json; ``table=False`` then deletes the table;
+    ``embedder`` is the model its manifest names."""
+    import lancedb
+    import pyarrow as pa
+
+    path = ctx.tmp / "idx"
+    dim = 384
+    data = pa.table({"text": ["Snow is white."], "source": [str(ctx.tmp / "d.txt")], "chunk": pa.array([0], pa.int32()),
+                     "doc": [f"{ctx.tmp / 'd.txt'}:1"],
+                     "vector": pa.FixedSizeListArray.from_arrays(pa.array([0.0] * dim, pa.float32()), dim)})
+    version = lancedb.connect(path).create_table("chunks", data).version
+    manifest = {"format": "tunelab-rag-index", "format_version": 1, "table_version": version,
+                "embedder": {"spec": embedder, "dim": dim, "probe": [0.0] * dim},
+                "chunking": {"chunk_words": 180, "overlap": 30}, "sources": {}}
+    (path / "index.json").write_text(json.dumps(manifest))
+    if not table:
+        shutil.rmtree(path / "chunks.lance")
+    return path
+
+
+def rag_index(id: str, fragments: tuple[str, ...], *flags: str, docs: Callable[[Ctx], object] | None = None,
+              out: str = "{tmp}/idx", absent: tuple[str, ...] = ("{tmp}/idx",)) -> Case:
+    """`tunelab rag index {doc} --out OUT FLAGS`; ``docs`` writes the document file (default: a SYNTHETIC .txt)."""
+    make = docs or write("d.txt", "Snow is white. Coal is black.\n")
+    return Case(id, files(doc=make), ("rag", "index", "{doc}", "--out", out, *flags), fragments, absent)
+
+
+def rag_baseline(id: str, fragments: tuple[str, ...], *flags: str, index: Callable[[Ctx], object] = hand_index) -> Case:
+    """`tunelab rag baseline` (classification) over the index ``index`` makes; no run may be left."""
+    return Case(id, files(idx=index), ("rag", "baseline", "--model", "tiny-llama", "--index", "{idx}", "--labels", "a,b",
+                                       *flags, "--out", "{tmp}/rag"), fragments, ("{tmp}/rag",))
+
+
+def rag_run(ctx: Ctx) -> Path:
+    """A finished RAG classification baseline with gold field 'pmid', written by hand (it is refused
+    before its index or model is opened)."""
+    path = ctx.tmp / "rag-run"
+    path.mkdir()
+    config = {"rag": {"model": "tiny-llama", "labels": ["0", "1"], "index": str(ctx.tmp / "idx"), "gold_field": "pmid"}}
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    (path / "summary.json").write_text(json.dumps({"stage": "classify", "baseline": "rag", "metrics": {}}))
     return path
 
 
@@ -234,6 +313,26 @@ CASES: list[Case] = [
     train("reward-text-data", ("format 'text'", "preference, rating"), data="text", stage="reward"),
     train("sft-eval-file-other-format", ("eval.jsonl", "format 'classification'", "train is 'instruction'"),
           config={"data": {"eval": lambda ctx: ctx.write("eval.jsonl", rows("classification"))}}),
+    # ----------------------------------------------------------------- train: mixing sources (data.train list, data.replay)
+    train("mix-sources-of-two-formats", ("data.train[1]", "other.jsonl", "format 'classification'", "data.train[0]",
+                                         "'instruction'", "same format"),
+          config={"data": {"train": [write("d.jsonl", rows("dolly")), write("other.jsonl", rows("classification"))]}}),
+    train("mix-fraction-above-one", ("data.train[1].fraction", "less than or equal to 1", "got 1.5"),
+          config={"data": {"train": [write("d.jsonl", rows("dolly")),
+                                     {"path": write("e.jsonl", rows("alpaca")), "fraction": 1.5}]}}),
+    train("mix-fractions-sum-to-one", ("data.train + data.replay", "sum to 1", "less than 1"),
+          config={"data": {"replay": {"train": write("e.jsonl", rows("alpaca")), "fraction": 1.0}}}),
+    train("mix-source-too-small-for-its-fraction", ("data.replay", "e.jsonl", "fraction 0.9", "needs 54 rows",
+                                                    "but it has 2", "upsample"),
+          config={"data": {"replay": {"train": write("e.jsonl", rows("alpaca")[:2]), "fraction": 0.9}}}),
+    train("mix-misspelt-source-key", ("'data.train[1].fration'", "did you mean 'data.train[1].fraction'"),
+          config={"data": {"train": [write("d.jsonl", rows("dolly")),
+                                     {"path": write("e.jsonl", rows("alpaca")), "fration": 0.2}]}}),
+    train("mix-replay-file-missing", ("data file not found", "nope.jsonl"),
+          config={"data": {"replay": {"train": lambda ctx: ctx.tmp / "nope.jsonl", "fraction": 0.2}}}),
+    train("mix-source-row-bad", ("e.jsonl", "row 2", "'response'", "missing"),
+          config={"data": {"train": [write("d.jsonl", rows("dolly")),
+                                     write("e.jsonl", rows("dolly", lambda rs: rs[1].pop("response")))]}}),
     # ----------------------------------------------------------------- train: hyper-parameters
     train("lr-zero", ("train.lr", "greater than 0", "got 0"), "train.lr=0"),
     train("lr-negative", ("train.lr", "got -0.001"), "train.lr=-0.001"),
@@ -261,6 +360,7 @@ CASES: list[Case] = [
     train("override-unknown-stage", ("unknown stage 'sfft'", "did you mean 'sft'"), "stage=sfft"),
     train("nproc-zero", ("--nproc", "got 0"), flags=("--nproc", "0")),
     train("nproc-not-a-number", ("--nproc", "integer"), flags=("--nproc", "two")),
+    train("quiet-and-verbose", ("quiet and verbose", "choose one"), flags=("--verbose",)),
     # ----------------------------------------------------------------- train: output directory and model
     train("output-dir-under-proc", (UNWRITABLE, "not writable"), f"output_dir={UNWRITABLE}/runs"),
     train("output-dir-under-a-file", ("blocker", "not writable", "is a file"), "output_dir={tmp}/blocker/runs",
@@ -373,6 +473,12 @@ CASES: list[Case] = [
          ("plain", "is a directory")),
     Case("inspect-field-missing-equals", files(d=write("data.jsonl", rows("dolly"))),
          ("data", "inspect", "{d}", "--model", "tiny-llama", "--field", "response"), ("--field response", "CANONICAL=COLUMN")),
+    Case("inspect-config-mix-of-two-formats",
+         files(config=lambda ctx: ctx.config("d.jsonl", data={"train": [str(ctx.write("d.jsonl", rows("dolly"))),
+                                                                        str(ctx.write("t.jsonl", rows("text")))]})),
+         ("data", "inspect", "{config}"), ("data.train[1]", "t.jsonl", "format 'text'", "data.train[0]")),
+    Case("inspect-config-with-format-flag", files(config=lambda ctx: ctx.config("d.jsonl")),
+         ("data", "inspect", "{config}", "--format", "text"), ("--format/--field", "run.yaml", "data.format")),
     Case("inspect-model-is-a-file", files(d=write("data.jsonl", rows("dolly")), m=write("tok.bin", b"\x00")),
          ("data", "inspect", "{d}", "--model", "{m}"), ("tok.bin", "is a file")),
     # ----------------------------------------------------------------- zeroshot
@@ -387,6 +493,46 @@ CASES: list[Case] = [
     Case("zeroshot-out-exists", files(out=lambda ctx: ctx.write("zs/keep.txt", "mine\n").parent),
          ("zeroshot", "--model", "tiny-llama", "--labels", "a,b", "--out", "{out}"), ("zs", "already exists"),
          ("{out}/config.yaml", "{out}/summary.json")),
+    # ----------------------------------------------------------------- icl, zeroshot generation
+    Case("icl-k-zero", *icl("--k", "0"), ("--k", "greater than or equal to 1", "got 0"), ("{tmp}/icl",)),
+    Case("icl-train-missing", nothing, ("icl", "--model", "tiny-llama", "--train", "{tmp}/nope.jsonl", "--labels", "0,1",
+                                        "--out", "{tmp}/icl"), ("nope.jsonl", "not found"), ("{tmp}/icl",)),
+    Case("icl-labels-not-in-train", *icl(labels="spam,ham"), ("train.jsonl", "labels ['0', '1']", "not among the labels"),
+         ("{tmp}/icl",)),
+    Case("icl-label-missing-from-train", *icl(labels="0,1,2"), ("train.jsonl", "no example of label(s) ['2']"),
+         ("{tmp}/icl",)),
+    Case("icl-k-beyond-pool", *icl("--k", "20"), ("k=20", "only 8 examples"), ("{tmp}/icl",)),
+    Case("icl-select-unknown", *icl("--select", "best"), ("--select", "'random' or 'nearest'", "'best'"), ("{tmp}/icl",)),
+    Case("icl-generation-from-labelled-rows", *icl(labels=None), ("train.jsonl", "format 'classification'",
+                                                                  "instruction, messages"), ("{tmp}/icl",)),
+    Case("icl-classify-from-instruction-rows", *icl(train="dolly"), ("train.jsonl", "field 'label' is missing"),
+         ("{tmp}/icl",)),
+    Case("icl-embedder-unknown", *icl("--embedder", "nope-embedder"), ("embedding model 'nope-embedder'",
+                                                                       "cannot be loaded"), ("{tmp}/icl",)),
+    Case("icl-max-context-beyond-model", *icl("--max-context", "100000"), ("max_context=100000", "2048 positions"),
+         ("{tmp}/icl",)),
+    Case("zeroshot-label-word-without-labels", nothing,
+         ("zeroshot", "--model", "tiny-llama", "--label-word", "a=b", "--out", "{tmp}/zs"),
+         ("--label-word", "label words need labels"), ("{tmp}/zs",)),
+    # ----------------------------------------------------------------- eval --generate
+    Case("eval-generate-on-classify-run", files(d=write("test.jsonl", rows("classification"))),
+         ("eval", "{classify}", "--data", "t={d}", "--generate", "2"), ("--generate", "does not apply", "classify run")),
+    Case("eval-generate-on-zeroshot-classifier", files(run=lambda ctx: ctx.zeroshot(), d=write("t.jsonl", rows("dolly"))),
+         ("eval", "{run}", "--data", "t={d}", "--generate", "2"),
+         ("--generate", "zeroshot baseline (classification)", "does not apply")),
+    Case("eval-generate-on-pretrain-run", files(run=lambda ctx: ctx.finished("pretrain", "tiny-llama"),
+                                                d=write("t.jsonl", rows("dolly"))),
+         ("eval", "{run}", "--data", "t={d}", "--generate", "2"), ("--generate", "does not apply", "pretrain run")),
+    Case("eval-threshold-on-zeroshot-generation", files(run=zeroshot_generation, d=write("t.jsonl", rows("dolly"))),
+         ("eval", "{run}", "--data", "t={d}", "--threshold", "0.5"),
+         ("--threshold", "zeroshot baseline (generation)", "applies to classifiers")),
+    Case("eval-max-new-tokens-without-generate", files(d=write("t.jsonl", rows("dolly"))),
+         ("eval", "{sft}", "--data", "t={d}", "--max-new-tokens", "8"), ("--max-new-tokens 8", "--generate N")),
+    Case("eval-generate-negative", files(d=write("t.jsonl", rows("dolly"))),
+         ("eval", "{sft}", "--data", "t={d}", "--generate", "-1"), ("--generate", "got -1")),
+    Case("eval-generate-on-plain-text", files(d=write("t.jsonl", rows("text"))),
+         ("eval", "{sft}", "--data", "t={d}", "--generate", "2"), ("--generate", "t.jsonl", "plain text"),
+         ("{sft}/eval/t.json",)),
     # ----------------------------------------------------------------- feedback
     Case("feedback-out-under-proc", files(p=write("prompts.txt", "Colour of snow?\n"),
                                           r=write("responses.jsonl", [{"prompt": "Colour of snow?", "response": "White."},
@@ -410,6 +556,63 @@ CASES: list[Case] = [
     Case("feedback-model-is-classify-run", files(p=write("prompts.txt", "hi\n")),
          ("feedback", "--prompts", "{p}", "--model", "{classify}", "--out", "{tmp}/fb", "--port", "0"),
          ("--model", "classify run", "cannot generate"), ("{tmp}/fb",)),
+    # ----------------------------------------------------------------- rag index, rag query
+    rag_index("rag-index-missing-doc", ("document file not found", "nope.txt"), docs=lambda ctx: ctx.tmp / "nope.txt"),
+    rag_index("rag-index-empty-doc", ("empty.txt", "is empty"), docs=write("empty.txt", "")),
+    rag_index("rag-index-doc-not-utf8", ("d.txt", "not UTF-8"), docs=write("d.txt", NOT_UTF8)),
+    rag_index("rag-index-doc-is-directory", ("plain", "is a directory"), docs=lambda ctx: ctx.plain_dir()),
+    rag_index("rag-index-unknown-field", ("d.jsonl", "no text field 'body'", "instruction, context, response"),
+              "--field", "body", docs=write("d.jsonl", rows("dolly"))),
+    rag_index("rag-index-empty-text-in-row", ("d.jsonl", "row 3", "'text'", "empty"),
+              docs=write("d.jsonl", rows("classification", setitem(2, text=" ")))),
+    rag_index("rag-index-unknown-id-field", ("d.jsonl", "no id field 'key'", "text, label"), "--id-field", "key",
+              docs=write("d.jsonl", rows("classification"))),
+    rag_index("rag-index-out-not-an-index", ("plain", "not a tunelab index"), out="{tmp}/plain",
+              absent=("{tmp}/plain/index.json",),
+              docs=lambda ctx: (ctx.plain_dir(), ctx.write("d.txt", "Snow is white.\n"))[1]),
+    rag_index("rag-index-out-under-a-file", ("blocker is a file",), out="{tmp}/blocker/idx", absent=(),
+              docs=lambda ctx: (ctx.write("blocker", "a regular file\n"), ctx.write("d.txt", "Snow is white.\n"))[1]),
+    rag_index("rag-index-out-under-proc", (UNWRITABLE, "not writable"), out=f"{UNWRITABLE}/idx", absent=(UNWRITABLE,)),
+    rag_index("rag-index-overlap-not-below-chunk-words", ("overlap (10)", "smaller than chunk_words (10)"),
+              "--chunk-words", "10", "--overlap", "10"),
+    rag_index("rag-index-chunk-words-zero", ("--chunk-words", "greater than or equal to 1"), "--chunk-words", "0"),
+    rag_index("rag-index-unknown-model", ("embedding model 'minilm-l7'", "cannot be loaded"), "--model", "minilm-l7"),
+    rag_index("rag-index-other-chunking-than-index", ("idx", "chunk_words=180", "got chunk_words=100"),
+              "--chunk-words", "100", absent=(),
+              docs=lambda ctx: (hand_index(ctx), ctx.write("d.txt", "Snow is white.\n"))[1]),
+    rag_index("rag-index-other-model-than-index", ("idx", "embedded with 'minilm-l6'", "not 'tiny-bert'"),
+              "--model", "tiny-bert", absent=(),
+              docs=lambda ctx: (hand_index(ctx), ctx.write("d.txt", "Snow is white.\n"))[1]),
+    Case("rag-query-missing-index", nothing, ("rag", "query", "{tmp}/nope", "snow"), ("nope", "does not exist")),
+    Case("rag-query-plain-dir", files(d=lambda ctx: ctx.plain_dir()), ("rag", "query", "{d}", "snow"),
+         ("plain", "not a tunelab index", "no index.json")),
+    Case("rag-query-index-is-a-file", files(d=write("idx.txt", "x")), ("rag", "query", "{d}", "snow"),
+         ("idx.txt", "is a file")),
+    Case("rag-query-manifest-not-utf8", files(d=lambda ctx: ctx.write("idx/index.json", NOT_UTF8).parent),
+         ("rag", "query", "{d}", "snow"), ("index.json", "corrupt", "not valid JSON")),
+    Case("rag-query-manifest-garbled", files(d=lambda ctx: ctx.write("idx/index.json", '{"format": "tunelab-rag-index", '
+                                                                                       '"table_version": "x"}').parent),
+         ("rag", "query", "{d}", "snow"), ("index.json", "corrupt", "table_version")),
+    Case("rag-query-table-missing", files(d=lambda ctx: hand_index(ctx, table=False)), ("rag", "query", "{d}", "snow"),
+         ("idx", "corrupt", "table 'chunks' is missing")),
+    Case("rag-query-other-model", files(d=hand_index), ("rag", "query", "{d}", "snow", "--model", "tiny-bert"),
+         ("embedded with 'minilm-l6'", "not 'tiny-bert'")),
+    Case("rag-query-empty-question", files(d=hand_index), ("rag", "query", "{d}", "  "), ("the query is empty",)),
+    Case("rag-query-k-zero", files(d=hand_index), ("rag", "query", "{d}", "snow", "--k", "0"),
+         ("--k", "greater than or equal to 1")),
+    Case("rag-query-unknown-mode", files(d=hand_index), ("rag", "query", "{d}", "snow", "--mode", "sparse"),
+         ("--mode", "'sparse'", "'dense', 'hybrid'")),
+    # ----------------------------------------------------------------- rag baseline
+    rag_baseline("rag-baseline-missing-index", ("nope", "does not exist"), index=lambda ctx: ctx.tmp / "nope"),
+    rag_baseline("rag-baseline-corrupt-index", ("idx", "corrupt", "table 'chunks' is missing"),
+                 index=lambda ctx: hand_index(ctx, table=False)),
+    rag_baseline("rag-baseline-index-embedder-unknown", ("embedding model 'nope-embedder'", "cannot be loaded"),
+                 index=lambda ctx: hand_index(ctx, embedder="nope-embedder")),
+    rag_baseline("rag-baseline-k-zero", ("--k", "greater than or equal to 1", "got 0"), "--k", "0"),
+    rag_baseline("rag-baseline-template-without-passages", ("--template", "must hold {passages}"),
+                 "--template", "{{query}}"),  # {{ }}: args are format strings
+    Case("eval-rag-gold-field-missing", files(run=rag_run, d=write("t.jsonl", rows("classification"))),
+         ("eval", "{run}", "--data", "t={d}"), ("t.jsonl", "no gold field 'pmid'", "text, label")),
     # ----------------------------------------------------------------- runs
     Case("runs-output-dir-is-a-file", files(d=write("runs.txt", "x")), ("runs", "--output-dir", "{d}"),
          ("--output-dir", "runs.txt", "is a file")),
@@ -509,6 +712,7 @@ def test_bad_input(case_id, outcomes):
 def test_the_table_covers_every_command_with_distinct_cases():
     ids = [case.id for case in CASES]
     assert len(ids) == len(set(ids)) and len(ids) >= 50, len(ids)
-    commands = {case.args[0] if case.args[0] not in ("config", "data") else " ".join(case.args[:2]) for case in CASES}
-    assert commands >= {"train", "eval", "merge", "generate", "chat", "score", "data inspect", "zeroshot", "feedback",
-                        "config show", "runs"}, commands
+    commands = {case.args[0] if case.args[0] not in ("config", "data", "rag") else " ".join(case.args[:2])
+                for case in CASES}
+    assert commands >= {"train", "eval", "merge", "generate", "chat", "score", "data inspect", "zeroshot", "icl", "feedback",
+                        "config show", "runs", "rag index", "rag query", "rag baseline"}, commands

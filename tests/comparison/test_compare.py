@@ -41,7 +41,9 @@ def _spec(world: Path, out: Path, **extra) -> dict:
         "defaults": {"model": "tiny-bert", "stage": "classify",
                      "train": {"max_steps": 2, "batch_size": 8, "eval_before": False, "save_steps": 0}},
         "approaches": [
-            {"name": "zero-shot", "kind": "zeroshot", "model": "tiny-llama", "labels": ["ham", "spam"]},
+            {"name": "majority", "kind": "majority"},
+            {"name": "zero-shot", "kind": "zeroshot", "model": "tiny-llama", "labels": ["ham", "spam"],
+             "test_rows": {"sms": 6}},
             {"name": "head", "method": "head"},
             {"name": "head-sms", "after": "head", "method": "head", "data": {"train": str(world / "sms_train.jsonl")}},
         ],
@@ -60,17 +62,21 @@ def finished(world, tmp_path_factory) -> tuple[dict, dict]:
     code, stdout, stderr = run_cli("compare", str(file))
     assert code == 0, stderr
     assert "Recommendation:" in stdout and "head-sms" in stdout
+    assert "sms: 9 rows scored (6 for zero-shot)." in stdout
     return spec, json.loads((out / "compare.json").read_text())
 
 
 def test_every_approach_has_a_row_with_every_figure(finished):
     spec, result = finished
-    assert [r["name"] for r in result["rows"]] == ["zero-shot", "head", "head-sms"]
+    assert [r["name"] for r in result["rows"]] == ["majority", "zero-shot", "head", "head-sms"]
     for row in result["rows"]:
         assert set(row["tests"]) == {"email", "sms"}
-        for test in row["tests"].values():
-            assert test["n"] == 9 and test["value"] is not None and test["latency_ms"] > 0
-    zero, head, head_sms = result["rows"]
+        for name, test in row["tests"].items():
+            assert test["n"] == (6 if (row["name"], name) == ("zero-shot", "sms") else 9)
+            assert test["value"] is not None and test["latency_ms"] > 0
+    majority, zero, head, head_sms = result["rows"]
+    # always "ham", the majority of the (shared) training data: accuracy = the test set's ham share
+    assert majority["tests"]["sms"]["metrics"]["accuracy"] == pytest.approx(6 / 9) and majority["tests"]["sms"]["value"] == 0.0
     assert zero["trainable_params"] == 0 and zero["train_seconds"] == 0.0
     assert head["trainable_params"] > 0 and head["train_seconds"] > 0 and head["peak_rss_mb"] > 0
     assert head_sms["after"] == "head" and head_sms["trainable_percent"] == head["trainable_percent"]
@@ -100,7 +106,7 @@ def test_a_changed_approach_retrains_only_itself_and_what_follows_it(finished, t
     shutil.copytree(spec["output_dir"], copy)
     changed = json.loads(json.dumps(spec))
     changed["output_dir"] = str(copy)
-    changed["approaches"][1]["train"] = {"lr": 1e-3}  # head changes; head-sms starts from it
+    changed["approaches"][2]["train"] = {"lr": 1e-3}  # head changes; head-sms starts from it
     before = {p.parent.name: p.stat().st_mtime_ns for p in copy.glob("runs/*/summary.json")}
     tunelab.compare(changed)
     after = {p.parent.name: p.stat().st_mtime_ns for p in copy.glob("runs/*/summary.json")}
@@ -139,16 +145,18 @@ def test_the_report_renders_in_headless_chromium_with_its_plots(finished, tmp_pa
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda s: s["approaches"][1].update(metod="lora"), "unknown key 'metod'"),
-    (lambda s: s["approaches"][1].update(kind="lroa"), "unknown kind 'lroa'"),
-    (lambda s: s["approaches"][2].update(after="nobody"), "after 'nobody' is not an approach listed before it"),
-    (lambda s: s["approaches"][2].update(after="zero-shot"), "is a baseline"),
+    (lambda s: s["approaches"][2].update(metod="lora"), "unknown key 'metod'"),
+    (lambda s: s["approaches"][2].update(kind="lroa"), "unknown kind 'lroa'"),
+    (lambda s: s["approaches"][3].update(after="nobody"), "after 'nobody' is not an approach listed before it"),
+    (lambda s: s["approaches"][3].update(after="zero-shot"), "is a baseline"),
     (lambda s: s["approaches"].append({"name": "head", "method": "head"}), "the name is used twice"),
-    (lambda s: s["approaches"][0].update(labls=["a", "b"]), "unknown key 'labls' for a zeroshot baseline; did you mean 'labels'?"),
+    (lambda s: s["approaches"][1].update(labls=["a", "b"]), "unknown key 'labls' for a zeroshot baseline; did you mean 'labels'?"),
     (lambda s: s.update(primry="sms"), "unknown key 'primry'; did you mean 'primary'?"),
     (lambda s: s.update(primary="tweets"), "primary 'tweets' is not a test set"),
     (lambda s: s["data"].update(test={}), "give at least one test set"),
-    (lambda s: s["approaches"][1].update(train={"lrr": 1}), "did you mean 'train.lr'?"),
+    (lambda s: s["approaches"][2].update(train={"lrr": 1}), "did you mean 'train.lr'?"),
+    (lambda s: s["approaches"][1].update(test_rows={"tweets": 3}), "test_rows names 'tweets', which is not a test set"),
+    (lambda s: s["approaches"][1].update(test_rows=0), "test_rows must be a positive number of rows (got 0)"),
 ])
 def test_bad_compare_files_are_refused_before_anything_runs(world, tmp_path, change, message):
     spec = _spec(world, tmp_path / "never")

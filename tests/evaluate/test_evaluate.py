@@ -43,25 +43,6 @@ def bert_run(tmp_path_factory):
     return Path(out.strip().splitlines()[-1])
 
 
-@pytest.fixture
-def cli_here(capsys, monkeypatch):
-    """The CLI's entry point run in this process (same code path as `tunelab ...`, minus the start-up)."""
-    from tunelab.cli import main
-
-    def run(*args) -> tuple[int, str, str]:
-        monkeypatch.setattr("sys.argv", ["tunelab", *map(str, args)])
-        capsys.readouterr()
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
 def _one_line_error(rc: int, err: str, fragment: str) -> None:
     lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
     assert rc == 2, err[-2000:]

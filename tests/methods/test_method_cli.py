@@ -28,8 +28,8 @@ def cli_run(tmp_path_factory):
 
     def get(method: str) -> tuple[Path, str]:
         if method not in done:
-            rc, out, err = run_cli("train", config, f"method={method}", f"name=sft-{method}", *NEW_METHODS[method],
-                                   "--quiet")
+            # Default output (not --quiet, which prints only the run directory): the test reads the params line.
+            rc, out, err = run_cli("train", config, f"method={method}", f"name=sft-{method}", *NEW_METHODS[method])
             assert rc == 0, err[-3000:]
             done[method] = (Path(out.strip().splitlines()[-1]), err)
         return done[method]

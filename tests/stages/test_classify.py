@@ -159,3 +159,27 @@ def test_init_from_incompatible_runs(tmp_path):
         train(other_method, quiet=True)
     with pytest.raises(TunelabError, match="is not a run directory"):
         train(_config(tmp_path, _rows(["ham", "spam"] * 4), name="w", init_from=str(tmp_path)), quiet=True)
+
+
+def test_a_two_source_mix_trains_from_the_cli_and_init_from_replays_it(tmp_path, cli):
+    """SYNTHETIC sms/email rows; email alone has the label 'promo', so the mixed run learns three labels."""
+    from conftest import write_config, write_rows
+
+    sms = write_rows(tmp_path / "sms.jsonl", _rows(["ham", "spam"] * 12))
+    email = write_rows(tmp_path / "email.jsonl", _rows(["ham", "spam", "promo"] * 10))
+    raw = _config(tmp_path, [], method="lora", name="mixed")
+    raw["data"] = {"train": [str(sms), {"path": str(email), "fraction": 0.25}], "eval_fraction": 0.25}
+    rc, out, err = cli("train", write_config(tmp_path / "mixed.yaml", raw), "--quiet")
+    assert rc == 0, err[-3000:]
+    first = tmp_path / "runs" / "mixed"
+    assert out.strip().splitlines()[-1] == str(first)
+    summary = json.loads((first / "summary.json").read_text())
+    assert (summary["train_examples"], summary["eval_examples"]) == (24, 6)  # 18 sms + 6 email; eval: sms only
+    saved = load_config(first / "config.yaml")  # the mix round-trips through the run's config.yaml
+    assert saved.data.train[1].fraction == 0.25 and saved.stage.labels == ["ham", "promo", "spam"]
+
+    again = _config(tmp_path, [], method="lora", name="replayed", init_from=str(first))
+    again["data"] = {"train": str(sms), "replay": {"train": str(email), "fraction": 0.5}, "eval_fraction": 0.25}
+    second = train(again, quiet=True)
+    assert json.loads((second / "summary.json").read_text())["train_examples"] == 36  # 18 sms / 0.5
+    assert load_config(second / "config.yaml").stage.labels == ["ham", "promo", "spam"]  # inherited

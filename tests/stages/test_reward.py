@@ -53,7 +53,7 @@ def _train(cli, tmp_path, rows, method="lora", model="tiny-llama", name="rm", da
     cfg = tiny_config("reward", method, data, tmp_path / "runs", **train)
     cfg.update(model=model, name=name)
     cfg["data"].update(data_options or {})
-    rc, out, err = cli("train", write_config(tmp_path / f"{name}.yaml", cfg), "--quiet")
+    rc, out, err = cli("train", write_config(tmp_path / f"{name}.yaml", cfg))  # not --quiet: tests read its notes
     return rc, out, err
 
 

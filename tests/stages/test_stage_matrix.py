@@ -40,7 +40,7 @@ def test_stage_module_honours_the_contract(name):
     assert not missing, f"stage {name} lacks {missing}"
     assert stage.Config().name == name
     assert stage.MODEL_KIND in (CAUSAL_LM, SEQ_CLS)
-    assert set(stage.EVAL_OPTIONS) <= {"threshold", "positive"}
+    assert set(stage.EVAL_OPTIONS) <= {"threshold", "positive", "generate", "max_new_tokens"}
     for link in getattr(stage, "LINKS", ()):
         assert link.field in stage.Config.model_fields, f"{name}: LINKS names unknown field stage.{link.field}"
 

@@ -17,7 +17,7 @@ from tunelab.training import engine, trainer
 def _arguments(tmp_path, has_eval=True, **train):
     cfg = load_config({"model": "tiny-llama", "stage": "sft", "method": "lora", "data": {"train": "unused.jsonl"},
                        "train": train})
-    return trainer._training_arguments(cfg, tmp_path, has_eval=has_eval, quiet=True)
+    return trainer._training_arguments(cfg, tmp_path, has_eval=has_eval)
 
 
 def _learning_rates(args, steps: int) -> list[float]:

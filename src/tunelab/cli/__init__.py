@@ -11,6 +11,8 @@ import typer
 
 from ..core.errors import TunelabError
 from . import compare as _compare
+from .rag import rag_app
+from .baselines import register as register_baselines
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Adapt pretrained LLMs with every major fine-tuning technique, measured honestly.")
@@ -19,6 +21,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets.")
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 _compare.register(app)
+app.add_typer(rag_app, name="rag")
+register_baselines(app)  # zeroshot, icl
 
 
 @app.command()
@@ -27,18 +31,21 @@ def train(
     overrides: Optional[List[str]] = typer.Argument(None, help="KEY=VALUE overrides, e.g. train.epochs=1 method.r=8"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", help="Print nothing but the run directory."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Also print the Trainer's per-step log records "
+                                                                  "(always in RUN/train.log) and library progress bars."),
     nproc: int = typer.Option(1, "--nproc", help="Data-parallel processes (torchrun; gloo on CPU, NCCL on GPUs)."),
 ):
-    """Train as CONFIG says; the run directory is the last line of stdout."""
+    """Train as CONFIG says: a progress line and a summary on stderr; the run directory is the last line of stdout."""
     from ..training.engine import is_main_process, train as run_training
 
     if nproc != 1:
         from ..training.launch import train_distributed
 
-        print(train_distributed(config, overrides or [], nproc, resume=resume, overwrite=overwrite, quiet=quiet))
+        print(train_distributed(config, overrides or [], nproc, resume=resume, overwrite=overwrite, quiet=quiet,
+                                verbose=verbose))
         return
-    run_dir = run_training(config, overrides or [], resume=resume, overwrite=overwrite, quiet=quiet)
+    run_dir = run_training(config, overrides or [], resume=resume, overwrite=overwrite, quiet=quiet, verbose=verbose)
     if is_main_process():
         print(run_dir)
 
@@ -73,22 +80,59 @@ def models():
 
 @data_app.command("inspect")
 def data_inspect(
-    file: str = typer.Argument(..., help="Data file (.jsonl/.json/.csv/.parquet) or Hub dataset id."),
-    model: str = typer.Option("smollm2-135m", "--model", help="Model whose tokenizer and chat template to use."),
-    data_format: str = typer.Option("auto", "--format", help="Row format (auto detects it)."),
-    field: Optional[List[str]] = typer.Option(None, "--field", help="Column mapping CANONICAL=COLUMN (repeatable)."),
+    file: str = typer.Argument(..., help="Data file (.jsonl/.json/.csv/.parquet), Hub dataset id, or a run config "
+                                         "(.yaml: its data as the run mixes it)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model whose tokenizer and chat template to use "
+                                                              "(default: the config's model, else smollm2-135m)."),
+    data_format: str = typer.Option("auto", "--format", help="Row format (auto detects it; data files only)."),
+    field: Optional[List[str]] = typer.Option(None, "--field", help="Column mapping CANONICAL=COLUMN (repeatable; "
+                                                                    "data files only)."),
 ):
-    """Detected format, row count, token-length stats and one rendered example (trained span in ⟦ ⟧)."""
-    from ..data.inspect import inspect_data
+    """Format, rows, token-length stats and one rendered example (trained span in ⟦ ⟧); for a run config, also
+    the rows each source gives to the mix."""
+    from ..data.inspect import inspect_data, inspect_mix
 
     fields = _key_values(field, "--field", "CANONICAL=COLUMN, e.g. response=answer")
-    report = inspect_data(file, model, data_format, fields)  # the data is read before the tokenizer loads
+    if Path(file).suffix.lower() in (".yaml", ".yml"):
+        from ..config import load_config
+        from ..stages import STAGES
+
+        if data_format != "auto" or fields:
+            raise TunelabError(f"--format/--field apply to data files; for the run config {file} set data.format "
+                               "/ data.fields in it")
+        cfg = load_config(file)
+        model = model or cfg.model
+        report = inspect_mix(cfg.data, cfg.train.seed, STAGES[cfg.stage.name].ACCEPTS, model)
+        print(f"config:  {file} (stage {cfg.stage.name}, seed {cfg.train.seed})")
+    else:
+        model = model or "smollm2-135m"
+        report = inspect_data(file, model, data_format, fields)  # the data is read before the tokenizer loads
+        print(f"source:  {report['source']}")
     t = report["tokens"]
-    print(f"source:  {report['source']}\nformat:  {report['format']}\nrows:    {report['rows']}")
+    print(f"format:  {report['format']}")
+    if "mix" in report:
+        origin = f" (from {report['eval_source']})" if report["eval_rows"] else ""
+        print(f"rows:    {report['rows']} train, {report['eval_rows']} eval{origin}")
+        _print_mix(report["mix"])
+    else:
+        print(f"rows:    {report['rows']}")
     print(f"tokens:  min {t['min']}  median {t['median']}  p95 {t['p95']}  max {t['max']}  ({model} tokenizer)")
     if "labels" in report:
         print("labels:  " + ", ".join(f"{k}={v}" for k, v in report["labels"].items()))
     print("example (⟦ ⟧ marks tokens that carry loss):\n" + report["example"])
+
+
+def _print_mix(mix: list[dict]) -> None:
+    """Per source: training rows taken / rows available, share of the training set."""
+    names = [f"{entry['key']} {entry['source']}" for entry in mix]
+    width = max(len(name) for name in names)
+    print(f"mix:     {'source':<{width}}  {'taken':>7} / {'available':<9}  share")
+    for name, entry in zip(names, mix):
+        notes = [f"fraction {entry['fraction']:g}"] if entry["fraction"] is not None else []
+        notes += ["upsampled"] if entry["upsampled"] else []
+        notes += [f"{entry['eval']} held out for eval"] if entry["eval"] else []
+        print(f"         {name:<{width}}  {entry['taken']:>7} / {entry['rows']:<9}  {entry['share']:6.1%}"
+              + (f"  ({', '.join(notes)})" if notes else ""))
 
 
 @app.command()
@@ -158,51 +202,24 @@ def merge(
 
 @app.command("eval")
 def eval_(
-    run: Path = typer.Argument(..., help="Finished run directory (trained or `tunelab zeroshot`)."),
+    run: Path = typer.Argument(..., help="Finished run directory (trained, `tunelab zeroshot` or `tunelab icl`)."),
     data: List[str] = typer.Option(..., "--data", help="Test set NAME=FILE (repeatable), e.g. --data email=e.jsonl."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Two labels: predict the positive class when P >= T."),
     positive: Optional[str] = typer.Option(None, "--positive", help="Two labels: the positive class (default: 2nd in sorted order)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     max_rows: Optional[int] = typer.Option(None, "--max-rows", min=1, help="Score only the first N rows of each file."),
     reward_model: Optional[Path] = typer.Option(None, "--reward-model", help="rlhf runs: score with this reward run instead of the run's own."),
+    generate_rows: Optional[int] = typer.Option(None, "--generate", help="sft runs, generation baselines: ROUGE-L of greedy replies to the first N rows."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="With --generate: tokens per reply (default 64)."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables."),
 ):
     """Score RUN on named test sets side by side with its stage's metrics; writes RUN/eval/<name>.json."""
     from ..evaluate import evaluate, format_report, parse_data_args
 
     result = evaluate(run, parse_data_args(data), threshold=threshold, positive=positive, batch_size=batch_size,
-                      max_rows=max_rows, reward_model=str(reward_model) if reward_model else None)
+                      max_rows=max_rows, reward_model=str(reward_model) if reward_model else None,
+                      generate=generate_rows, max_new_tokens=max_new_tokens)
     print(json.dumps(result, indent=2) if as_json else format_report(result))
-
-
-@app.command()
-def zeroshot(
-    model: str = typer.Option(..., "--model", help="Instruct model: bundled name, model dir or Hub id."),
-    labels: str = typer.Option(..., "--labels", help="Comma-separated labels as in the data, e.g. spam,ham."),
-    out: Path = typer.Option(..., "--out", help="Run directory to create."),
-    label_word: Optional[List[str]] = typer.Option(None, "--label-word", help="LABEL=WORD the model answers with (repeatable)."),
-    instruction: Optional[str] = typer.Option(None, "--instruction", help="User instruction; {choices} lists the words."),
-    max_length: int = typer.Option(256, "--max-length", min=8, help="Message tokens kept."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing directory."),
-):
-    """Create a zero-shot baseline run (no training) that `tunelab eval` scores like any run."""
-    from pydantic import ValidationError
-
-    from ..baselines.zeroshot import ZeroShotConfig
-    from ..runs.baseline import create_baseline_run
-
-    words = _key_values(label_word, "--label-word", "LABEL=WORD")
-    settings = {"model": model, "labels": [x.strip() for x in labels.split(",") if x.strip()],
-                "label_words": words, "max_length": max_length}
-    if instruction:
-        settings["instruction"] = instruction
-    try:
-        cfg = ZeroShotConfig(**settings)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        message = err["msg"].removeprefix("Value error, ")
-        raise TunelabError(f"--{str(err['loc'][0]).replace('_', '-')}: {message} (got {err['input']!r})") from None
-    print(create_baseline_run(out, "zeroshot", cfg, overwrite=overwrite))
 
 
 @app.command()

@@ -28,7 +28,11 @@ def compare(source: str | Path | dict, overrides: list[str] | None = None, verbo
     cfg, approaches = load_compare_config(source, overrides)
     out = Path(cfg.output_dir)
     directory.check_writable(out.parent if not out.exists() else out)
-    with directory.RunLock(out):  # two compares in one directory would train the same runs twice
+    from ..core import console
+    from ..training.progress import library_output
+
+    # two compares in one directory would train the same runs twice; library bars only with -v
+    with directory.RunLock(out), library_output(console.VERBOSE if verbose else console.NORMAL):
         rows = run_compare(cfg, approaches, verbose)
     primary = cfg.primary_test
     machine = describe_machine()

@@ -22,7 +22,7 @@ from ..core.errors import TunelabError
 from ..core.schema import StrictModel
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-APPROACH_KEYS = ("name", "kind", "then", "after")  # compare's own keys; the rest belong to the run or baseline
+APPROACH_KEYS = ("name", "kind", "then", "after", "test_rows")  # compare's own keys; the rest belong to the run or baseline
 
 
 class CompareData(StrictModel):
@@ -94,8 +94,9 @@ class CompareConfig(StrictModel):
 class Approach:
     """One approach, resolved: its steps (run configs, or one baseline config) and what it starts from."""
 
-    def __init__(self, name: str, kind: str, steps: list, after: str | None):
+    def __init__(self, name: str, kind: str, steps: list, after: str | None, test_rows=None):
         self.name, self.kind, self.steps, self.after = name, kind, steps, after
+        self.test_rows = test_rows  # this approach's own cap on scored rows (a slow baseline), else data.test_rows
 
     @property
     def is_baseline(self) -> bool:
@@ -140,11 +141,12 @@ def resolve_approaches(cfg: CompareConfig, origin: str) -> list[Approach]:
                                + (f" ({', '.join(seen)})" if seen else ""))
         if after is not None and seen[after].is_baseline:
             raise TunelabError(f"{where}: after '{after}' is a baseline; only a trained approach can be continued")
+        test_rows = _test_rows(raw.get("test_rows"), cfg, where)
         settings = {k: v for k, v in raw.items() if k not in APPROACH_KEYS}
         if kind != "train":
             if "then" in raw or after is not None:
                 raise TunelabError(f"{where}: a {kind} baseline trains nothing, so it takes no then/after")
-            seen[name] = Approach(name, kind, [_baseline_config(cfg, kind, settings, where)], None)
+            seen[name] = Approach(name, kind, [_baseline_config(cfg, kind, settings, where)], None, test_rows)
             continue
         chain = raw.get("then") or []
         chain = [chain] if isinstance(chain, dict) else chain
@@ -158,8 +160,21 @@ def resolve_approaches(cfg: CompareConfig, origin: str) -> list[Approach]:
             raw_run = {**current, "name": run_name, "output_dir": str(out_dir / "runs")}
             step_where = where if not s else f"{where}, then[{s - 1}]"
             steps.append(_run_config(raw_run, step_where))
-        seen[name] = Approach(name, kind, steps, after)
+        seen[name] = Approach(name, kind, steps, after, test_rows)
     return list(seen.values())
+
+
+def _test_rows(value, cfg: CompareConfig, where: str):
+    """An approach's ``test_rows``: a positive int, or {test set: positive int} over known test sets."""
+    if value is None:
+        return None
+    items = value.items() if isinstance(value, dict) else [(None, value)]
+    for name, n in items:
+        if name is not None and name not in cfg.data.test:
+            raise TunelabError(f"{where}: test_rows names '{name}', which is not a test set ({', '.join(cfg.data.test)})")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise TunelabError(f"{where}: test_rows must be a positive number of rows (got {n!r})")
+    return value
 
 
 def _run_config(raw: dict, where: str) -> RunConfig:

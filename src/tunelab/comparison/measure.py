@@ -19,9 +19,13 @@ def _sha(text: str | bytes) -> str:
     return hashlib.sha256(text if isinstance(text, bytes) else text.encode("utf-8")).hexdigest()[:16]
 
 
-def _rows_cap(cfg: CompareConfig, name: str) -> int | None:
-    rows = cfg.data.test_rows
-    return rows.get(name) if isinstance(rows, dict) else rows
+def _rows_cap(cfg: CompareConfig, name: str, approach: Approach | None = None) -> int | None:
+    """Rows scored of test set ``name``: the approach's own cap where it sets one, else data.test_rows."""
+    for rows in ((approach.test_rows if approach else None), cfg.data.test_rows):
+        cap = rows.get(name) if isinstance(rows, dict) else rows
+        if cap is not None:
+            return cap
+    return None
 
 
 def metric_value(report: dict, metric: str) -> float | None:
@@ -51,12 +55,12 @@ def evaluate_approach(cfg: CompareConfig, approach: Approach, run_dir: Path, sum
                                f"(it reports: {', '.join(sorted(k for k, v in report.items() if isinstance(v, (int, float))))})")
         tests[name] = {"value": value, "n": report.get("n"), "metrics": _scalars(report),
                        "latency_ms": report.get("latency_ms_per_example"),
-                       "prompt_tokens": report.get("prompt_tokens_per_example")}
+                       "prompt_tokens": report.get("prompt_tokens_per_query")}
     final = summaries[-1]
     trained = not approach.is_baseline
     row = {
         "name": approach.name, "kind": approach.kind, "stage": final.get("stage"), "method": final.get("method"),
-        "model": approach.steps[0].model, "after": approach.after, "steps": len(approach.steps),
+        "model": getattr(approach.steps[0], "model", None), "after": approach.after, "steps": len(approach.steps),
         "trainable_params": final.get("trainable_params", 0) if trained else 0,
         "total_params": final.get("total_params"),
         "trainable_percent": final.get("trainable_percent", 0.0) if trained else 0.0,
@@ -83,7 +87,7 @@ def _test_reports(cfg: CompareConfig, approach: Approach, run_dir: Path, final: 
     cache_dir = out / "evals" / approach.name
     reports, missing, keys = {}, {}, {}
     for name, file in cfg.data.test.items():
-        keys[name] = _sha(json.dumps(stamp + [_sha(Path(file).read_bytes()), _rows_cap(cfg, name)]))
+        keys[name] = _sha(json.dumps(stamp + [_sha(Path(file).read_bytes()), _rows_cap(cfg, name, approach)]))
         cached = cache_dir / f"{name}.json"
         if cached.is_file():
             entry = json.loads(cached.read_text())
@@ -93,7 +97,7 @@ def _test_reports(cfg: CompareConfig, approach: Approach, run_dir: Path, final: 
         missing[name] = file
     if missing:
         options = {"generate": cfg.generate, "max_new_tokens": cfg.max_new_tokens} if cfg.generate else {}
-        result = evaluate(run_dir, missing, max_rows={n: _rows_cap(cfg, n) for n in missing},
+        result = evaluate(run_dir, missing, max_rows={n: _rows_cap(cfg, n, approach) for n in missing},
                           batch_size=cfg.batch_size, **options)
         cache_dir.mkdir(parents=True, exist_ok=True)
         for name, report in result["data"].items():

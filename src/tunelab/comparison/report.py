@@ -46,6 +46,14 @@ def format_table(result: dict) -> str:
     out.append(f"{result['metric']} on {result['primary']} ranks the approaches"
                f" ({'lower' if result['lower_is_better'] else 'higher'} is better); ms/example and prompt tokens on "
                f"{result['primary']}; general ppl Δ: perplexity change on {result.get('forgetting_text') or '-'}.")
+    for test in result["tests"]:
+        sizes = {}
+        for r in result["rows"]:
+            sizes.setdefault(r["tests"][test].get("n"), []).append(r["name"])
+        if len(sizes) > 1:  # some approaches scored fewer rows (their own test_rows): say which
+            common = max(sizes, key=lambda n: len(sizes[n]))
+            others = "; ".join(f"{n} for {', '.join(names)}" for n, names in sizes.items() if n != common)
+            out.append(f"{test}: {common} rows scored ({others}).")
     out += ["", "Recommendation:"] + [f"- {s}" for s in result["recommendation"]]
     return "\n".join(out)
 

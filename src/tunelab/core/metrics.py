@@ -1,4 +1,5 @@
-"""Classification metrics, written out in numpy (tests check them against scikit-learn).
+"""Classification metrics, written out in numpy (tests check them against scikit-learn), and
+retrieval metrics (recall@k, MRR) over ranked id lists.
 
 Conventions follow scikit-learn: a ratio with a zero denominator is 0; the confusion matrix
 has true labels as rows and predictions as columns; average precision is the step-wise
@@ -108,3 +109,41 @@ def classification_report(labels: list[str], y_true, probs, positive: int | None
     else:
         report["f1"] = report["macro"]["f1"]
     return report
+
+
+# --------------------------------------------------------------------------- retrieval
+
+
+def _gold_sets(ranked_ids: list[list], gold: list) -> list[set]:
+    """Each query's relevant ids as a set: a set, frozenset or list holds several; anything else
+    (a string, a number, a tuple such as (doc, chunk)) is one id."""
+    if len(ranked_ids) != len(gold):
+        raise ValueError(f"{len(ranked_ids)} ranked lists but {len(gold)} gold entries")
+    sets = [set(g) if isinstance(g, (set, frozenset, list)) else {g} for g in gold]
+    if any(not s for s in sets):
+        raise ValueError("a query has no relevant ids")
+    return sets
+
+
+def recall_at_k(ranked_ids: list[list], gold: list, k: int) -> float:
+    """Mean over queries of |relevant ids among the first k| / |relevant ids|. With one relevant id
+    per query this is the hit rate: the fraction of queries that find it in their top k. A ranked
+    list may repeat an id (several chunks of one document): it counts once."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1 (got {k})")
+    sets = _gold_sets(ranked_ids, gold)
+    if not sets:
+        return 0.0
+    return sum(len(relevant & set(ranked[:k])) / len(relevant) for ranked, relevant in zip(ranked_ids, sets)) / len(sets)
+
+
+def mrr(ranked_ids: list[list], gold: list) -> float:
+    """Mean reciprocal rank: mean over queries of 1 / (rank of the first relevant id, from 1); 0 for
+    a query whose list holds none."""
+    sets = _gold_sets(ranked_ids, gold)
+    if not sets:
+        return 0.0
+    total = 0.0
+    for ranked, relevant in zip(ranked_ids, sets):
+        total += next((1.0 / rank for rank, item in enumerate(ranked, start=1) if item in relevant), 0.0)
+    return total / len(sets)

@@ -1,12 +1,12 @@
 """Data: read rows, detect/normalise their format, split train/eval, tokenise."""
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..core.errors import TunelabError
 from .formats import FORMATS, detect_format, map_fields, normalise
 from .io import read_rows
+from .mix import SourceRows, mix, same_kind
 
 
 @dataclass
@@ -16,6 +16,7 @@ class Examples:
     format: str
     train: list[dict]
     eval: list[dict]
+    sources: list[dict] = field(default_factory=list)  # per source: rows, eval, taken, share (see mix)
 
 
 def load_file(source: str, data_format: str = "auto", fields: dict | None = None, split: str = "train",
@@ -36,26 +37,41 @@ def load_file(source: str, data_format: str = "auto", fields: dict | None = None
 
 
 def load_examples(data_cfg, seed: int, accept: tuple[str, ...]) -> Examples:
-    """Load train (and eval) data as the run config says, checking the stage accepts the format."""
-    fmt, rows = load_file(data_cfg.train, data_cfg.format, data_cfg.fields, data_cfg.split, data_cfg.system_prompt)
+    """Load train (and eval) data as the run config says, checking the stage accepts the format.
+
+    ``data.train`` may be a mix of sources (see ``mix``); every example carries its source's name
+    as ``source``, and ``Examples.sources`` reports how many rows each gave.
+    """
+    sources = _read_sources(data_cfg)
+    first = sources[0]
+    fmt = first.format
     if fmt not in accept:
         raise TunelabError(
-            f"data {data_cfg.train} is in format '{fmt}', but this stage needs: {', '.join(accept)} "
+            f"{first.name} is in format '{fmt}', but this stage needs: {', '.join(accept)} "
             f"(set data.format / data.fields if detection was wrong)"
         )
-    rng = random.Random(seed)
-    rng.shuffle(rows)
-    if data_cfg.max_rows:
-        rows = rows[: data_cfg.max_rows]
+    for other in sources[1:]:
+        if not same_kind(other.format, fmt):
+            raise TunelabError(f"{other.name} is in format '{other.format}' but {first.key} ({first.source.path}) "
+                               f"is '{fmt}'; every source of a mix must have the same format (set its format / "
+                               f"fields if detection was wrong)")
+    train, eval_rows, report = mix(sources, seed, 0.0 if data_cfg.eval else data_cfg.eval_fraction)
     if data_cfg.eval:
         eval_fmt, eval_rows = load_file(data_cfg.eval, data_cfg.format, data_cfg.fields, data_cfg.split,
                                         data_cfg.system_prompt)
         if eval_fmt != fmt:
             raise TunelabError(f"data {data_cfg.eval} is in format '{eval_fmt}' but train is '{fmt}'")
-        return Examples(fmt, rows, eval_rows)
-    n_eval = int(round(len(rows) * data_cfg.eval_fraction))
-    if data_cfg.eval_fraction > 0 and n_eval == 0 and len(rows) > 1:
-        n_eval = 1
-    if n_eval >= len(rows):
-        raise TunelabError(f"data {data_cfg.train}: {len(rows)} rows are too few to hold out eval_fraction={data_cfg.eval_fraction}")
-    return Examples(fmt, rows[n_eval:], rows[:n_eval])
+        eval_rows = [{**row, "source": data_cfg.eval} for row in eval_rows]
+    return Examples(fmt, train, eval_rows, report)
+
+
+def _read_sources(data_cfg) -> list[SourceRows]:
+    """Every source of data.train (and data.replay), read and normalised, in config order."""
+    resolved = data_cfg.sources()
+    paths = [source.path for _, source in resolved]
+    out = []
+    for key, source in resolved:
+        fmt, rows = load_file(source.path, source.format, source.fields, source.split, data_cfg.system_prompt)
+        label = source.path if paths.count(source.path) == 1 else f"{source.path} ({key})"  # the same file twice
+        out.append(SourceRows(key, source, label, fmt, rows))
+    return out

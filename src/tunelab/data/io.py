@@ -1,9 +1,11 @@
 """Read rows from local files (JSONL/JSON/CSV/Parquet) or a Hub dataset."""
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
+from ..core import console
 from ..core.errors import TunelabError
 
 _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -98,11 +100,27 @@ def _read_json(path: Path) -> list[dict]:
     return data
 
 
+@contextlib.contextmanager
+def _datasets_bars():
+    """datasets' progress bars ("Generating train split") only in verbose output."""
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    hide = console.level() != console.VERBOSE and not are_progress_bars_disabled()
+    if hide:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if hide:
+            enable_progress_bars()
+
+
 def _read_with_datasets(path: Path, kind: str) -> list[dict]:
     from datasets import load_dataset
 
     try:
-        return load_dataset(kind, data_files=str(path), split="train").to_list()
+        with _datasets_bars():
+            return load_dataset(kind, data_files=str(path), split="train").to_list()
     except Exception as exc:  # datasets raises many types; all mean "unreadable"
         for _ in range(8):  # the innermost reason, not datasets' "an error occurred while generating"
             exc = exc.__cause__ or exc.__context__ or exc
@@ -114,7 +132,8 @@ def _read_hub(name: str, split: str) -> list[dict]:
     from datasets import load_dataset
 
     try:
-        return load_dataset(name, split=split).to_list()
+        with _datasets_bars():
+            return load_dataset(name, split=split).to_list()
     except Exception as exc:
         text = str(exc)
         if "offline" in text.lower() or "connect" in text.lower() or "couldn't reach" in text.lower():

@@ -43,9 +43,11 @@ def render_chat(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, i
     return full, spans
 
 
-def encode_chat(tokenizer, messages: list[dict], max_length: int) -> dict | None:
-    """Tokens of a rendered chat with labels only on assistant replies; None if none survive truncation."""
+def encode_chat(tokenizer, messages: list[dict], max_length: int, last_only: bool = False) -> dict | None:
+    """Tokens of a rendered chat with labels only on assistant replies (``last_only``: only on the final
+    one, e.g. a reference answer after demonstrations); None if none survive truncation."""
     text, spans = render_chat(tokenizer, messages)
+    spans = spans[-1:] if last_only else spans
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = enc["input_ids"][:max_length]
     labels = [IGNORE] * len(ids)

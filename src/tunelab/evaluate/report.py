@@ -36,6 +36,17 @@ def _num(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _context_line(r: dict) -> str:
+    """What a baseline put before its queries: demonstrations, or passages and how well they were found."""
+    out = f", demonstrations/query {r['demos_per_query']:.2f}" if "demos_per_query" in r else ""
+    if "passages_per_query" in r:
+        out += f", passages/query {r['passages_per_query']:.2f}"
+    recall = next((key for key in r if key.startswith("recall_at_")), None)
+    if recall and "mrr" in r:
+        out += f", recall@{recall.removeprefix('recall_at_')} {r[recall]:.3f}, MRR {r['mrr']:.3f}"
+    return out
+
+
 def format_report(result: dict) -> str:
     """The human-readable table: test sets side by side, then per-class scores and confusion matrices."""
     reports = result["data"]
@@ -60,6 +71,10 @@ def format_report(result: dict) -> str:
         lines.append(row + (f" {_num(r['roc_auc']):>8} {_num(r['pr_auc']):>8}" if binary else ""))
     if binary and first.get("threshold") is not None:
         lines.append(f"decision: {first['positive']} when P({first['positive']}) >= {first['threshold']}")
+    for name, r in reports.items():  # baselines: what each answer cost
+        if "prompt_tokens_per_query" in r:
+            lines.append(f"[{name}] prompt tokens/query {r['prompt_tokens_per_query']:.1f}, "
+                         f"seconds/query {_num(r.get('score_seconds_per_query'))}{_context_line(r)}")
     for name, r in reports.items():
         labels = r["labels"]
         cell = max(7, *(len(label) for label in labels))

@@ -23,8 +23,9 @@ def create_baseline_run(out: str | Path, name: str, cfg, overwrite: bool = False
     facts = module.check(cfg, model, tokenizer)
     _, total = count_params(model)
     summary = {
-        "name": out.name, "stage": module.TASK, "method": name, "baseline": name, "model": cfg.model,
-        "model_path": resolve(cfg.model), **facts,
+        "name": out.name, "stage": module.task(cfg), "method": name, "baseline": name,
+        "model": getattr(cfg, "model", None) or "-", "model_path": resolve(cfg.model) if getattr(cfg, "model", None) else None,
+        **facts,
         "trainable_params": 0, "total_params": total, "trainable_percent": 0.0, "train_seconds": 0.0,
         "metrics": {}, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

@@ -3,6 +3,7 @@
 run_dir/
   config.yaml      fully resolved config
   metrics.jsonl    one JSON object per logged step / eval
+  train.log        the same records as the Trainer prints them (`tunelab train -v` shows them too)
   summary.json     written last: its presence means the run finished
   loss.png         train/eval loss curves
   tokenizer/       the tokenizer

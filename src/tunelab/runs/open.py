@@ -45,11 +45,18 @@ class RunInfo:
 
     @property
     def model_kind(self) -> str:
-        return self.owner.MODEL_KIND
+        return self.owner.model_kind(self.config) if self.baseline else self.owner.MODEL_KIND
+
+    @property
+    def eval_options(self) -> tuple[str, ...]:
+        """The options of `tunelab eval` its owner understands (a baseline's depend on its config)."""
+        return self.owner.eval_options(self.config) if self.baseline else self.owner.EVAL_OPTIONS
 
     @property
     def describe(self) -> str:
-        return f"a {self.baseline} baseline" if self.baseline else f"a {self.config.stage.name} run"
+        if self.baseline:
+            return f"a {self.baseline} baseline ({'generation' if self.model_kind == CAUSAL_LM else 'classification'})"
+        return f"a {self.config.stage.name} run"
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -137,6 +144,7 @@ class Loaded:
     run_dir: Path | None = None
     info: RunInfo | None = None
     links: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)  # what its owner builds once per load (ICL: the demonstration pool)
 
     def generate(self, prompt: str | list[dict], max_new_tokens: int = 128, temperature: float = 0.0,
                  top_p: float = 0.9, seed: int = 0) -> str:
@@ -146,6 +154,10 @@ class Loaded:
         if self.info is not None and self.info.model_kind != CAUSAL_LM:
             raise TunelabError(f"run {self.run_dir} is {self.info.describe}: its model scores or classifies text "
                                "and cannot generate; use `tunelab eval` (or `tunelab score`)")
+        hook = getattr(self.info.owner, "prompt", None) if self.info is not None and self.info.baseline else None
+        if hook is not None:  # a baseline's own prompt: its instruction, its demonstrations
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+            prompt = hook(self, messages, max_new_tokens)
         return generate(self.model, self.tokenizer, prompt, max_new_tokens, temperature, top_p, seed)
 
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:

@@ -191,7 +191,8 @@ LM_FORMATS = ("text", "instruction", "messages")
 
 
 def evaluate_lm(loaded, name: str, file: str, options) -> dict:
-    """Per-token loss and perplexity of a causal LM on a text or chat file (chat: assistant tokens only)."""
+    """Per-token loss and perplexity of a causal LM on a text or chat file (chat: assistant tokens only);
+    with ``options.generate``, ROUGE-L etc. of greedy replies too (see ``_answers``)."""
     from ..data import load_file
     from ..data.tokenize import encode_chat, encode_text
     from .base import cap
@@ -200,23 +201,37 @@ def evaluate_lm(loaded, name: str, file: str, options) -> dict:
     if fmt not in LM_FORMATS:
         raise TunelabError(f"--data {name}={file} is in format '{fmt}'; a language-model run is scored on "
                            f"{', '.join(LM_FORMATS)} data")
+    if options.generate and fmt == "text":
+        raise TunelabError(f"--generate: --data {name}={file} is plain text; generation is scored against the "
+                           "reference replies of instruction or messages data")
     rows = cap(rows, options)
     tokenizer, max_length = loaded.tokenizer, loaded.config.train.max_length
     if fmt == "text":
         examples = [w for row in rows for w in encode_text(tokenizer, row["text"], max_length)]
     else:
         examples = [e for e in (encode_chat(tokenizer, row["messages"], max_length) for row in rows) if e]
-    examples.sort(key=lambda e: len(e["input_ids"]))  # similar lengths per batch: little padding
-    collate = PadCollator(tokenizer.pad_token_id)
-    total_loss, tokens = 0.0, 0
-    with torch.inference_mode():
-        for start in range(0, len(examples), options.batch_size):
-            batch = collate(examples[start : start + options.batch_size])
-            count = int((batch["labels"][:, 1:] != IGNORE).sum())
-            loss, _ = causal_lm_loss(loaded.model, batch, num_items_in_batch=count)
-            total_loss, tokens = total_loss + float(loss) * count, tokens + count
+    total_loss, tokens = summed_nll(loaded.model, tokenizer, examples, options.batch_size)
     if tokens == 0:
         raise TunelabError(f"--data {name}={file}: no tokens to score")
     mean = total_loss / tokens
-    return {"task": "causal-lm", "file": file, "n": len(rows), "tokens": tokens,
-            "loss": mean, "perplexity": math.exp(min(mean, 50))}
+    report = {"task": "causal-lm", "file": file, "n": len(rows), "tokens": tokens,
+              "loss": mean, "perplexity": math.exp(min(mean, 50))}
+    if options.generate:
+        from ._answers import answer_quality, final_prompts
+
+        report.update(answer_quality(loaded.model, tokenizer, rows, final_prompts, options, max_length, score=False))
+    return report
+
+
+def summed_nll(model, tokenizer, examples: list[dict], batch_size: int) -> tuple[float, int]:
+    """(summed next-token loss, tokens scored) over tokenised examples; their labels mark what is scored."""
+    examples = sorted(examples, key=lambda e: len(e["input_ids"]))  # similar lengths per batch: little padding
+    collate = PadCollator(tokenizer.pad_token_id)
+    total_loss, tokens = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(examples), batch_size):
+            batch = collate(examples[start : start + batch_size])
+            count = int((batch["labels"][:, 1:] != IGNORE).sum())
+            loss, _ = causal_lm_loss(model, batch, num_items_in_batch=count)
+            total_loss, tokens = total_loss + float(loss) * count, tokens + count
+    return total_loss, tokens

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import itertools
 import re
-import sys
 
+from ..core import console
 from ..core.errors import TunelabError
 from ..data import load_examples
 from ..data.tokenize import ensure_chat_template
@@ -100,11 +100,11 @@ def load_pairs(cfg, stage_name: str) -> tuple[list[dict], list[dict]]:
         return examples.train, examples.eval
     train, train_ties = ratings_to_pairs(examples.train)
     eval_, eval_ties = ratings_to_pairs(examples.eval)
-    print(f"note: {stage_name}: {len(examples.train) + len(examples.eval)} ratings -> {len(train)} train / "
-          f"{len(eval_)} eval pairs (higher score beats lower for the same prompt; "
-          f"{train_ties + eval_ties} equal-score pairs skipped)", file=sys.stderr, flush=True)
+    console.note(f"note: {stage_name}: {len(examples.train) + len(examples.eval)} ratings -> {len(train)} train / "
+                 f"{len(eval_)} eval pairs (higher score beats lower for the same prompt; "
+                 f"{train_ties + eval_ties} equal-score pairs skipped)")
     if not train:
-        raise TunelabError(f"data {cfg.data.train}: the ratings make no preference pairs (a pair needs two "
+        raise TunelabError(f"data {cfg.data.describe()}: the ratings make no preference pairs (a pair needs two "
                            f"responses to the same prompt with different scores)")
     return train, eval_
 

@@ -56,6 +56,8 @@ class EvalOptions:
     max_rows: int | None = None  # score only the first N rows of the file
     threshold: float | None = None  # two-label classifiers: predict positive when P >= threshold
     positive: str | None = None  # two-label classifiers: the positive label
+    generate: int = 0  # generation tasks: greedy replies to the first N rows, scored by ROUGE-L (0 = none)
+    max_new_tokens: int = 64  # cap per generated reply; 64 covers a short answer, not an essay
     links: dict = field(default_factory=dict)  # loaded runs the stage links to (e.g. reward_model)
 
 

@@ -55,7 +55,7 @@ def _labels(cfg, train: list[dict], eval_: list[dict]) -> list[str]:
     else:
         labels, origin = seen, "the training labels"
     if len(seen) < 2:
-        raise TunelabError(f"data {cfg.data.train}: every training example has label '{seen[0]}'; "
+        raise TunelabError(f"data {cfg.data.describe()}: every training example has label '{seen[0]}'; "
                            f"a classifier needs at least two classes")
     for split, rows in (("train", train), ("eval", eval_)):
         unknown = sorted({row["label"] for row in rows} - set(labels))

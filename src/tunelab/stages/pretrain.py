@@ -28,7 +28,7 @@ def build_datasets(cfg, tokenizer) -> tuple[list[dict], list[dict]]:
         return [window for row in rows for window in encode_text(tokenizer, row["text"], max_length)]
 
     return finish_datasets(encode(examples.train), encode(examples.eval), cfg.train, len(examples.train),
-                           cfg.data.train)
+                           cfg.data.describe())
 
 
 def collate(tokenizer):
@@ -38,4 +38,6 @@ def collate(tokenizer):
 build_model = build_lm
 compute_loss = causal_lm_loss
 evaluate = evaluate_lm  # loss and perplexity on held-out text or chats
+# No --generate: a pretrain run continues raw-text training, so it has no answering behaviour to
+# score (ROUGE-L of a base model's replies measures the chat template, not the adaptation).
 EVAL_OPTIONS = ()

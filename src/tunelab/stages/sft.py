@@ -29,7 +29,7 @@ def build_datasets(cfg, tokenizer) -> tuple[list[dict], list[dict]]:
         return [e for e in encoded if e is not None], sum(e is None for e in encoded)
 
     (train, dropped), (eval_, _) = encode(examples.train), encode(examples.eval)
-    return finish_datasets(train, eval_, cfg.train, dropped, cfg.data.train)
+    return finish_datasets(train, eval_, cfg.train, dropped, cfg.data.describe())
 
 
 def collate(tokenizer):
@@ -39,4 +39,4 @@ def collate(tokenizer):
 build_model = build_lm
 compute_loss = causal_lm_loss
 evaluate = evaluate_lm  # loss and perplexity on held-out text or chats
-EVAL_OPTIONS = ()
+EVAL_OPTIONS = ("generate", "max_new_tokens")  # ROUGE-L of greedy replies on top of perplexity

@@ -5,13 +5,13 @@ import contextlib
 import math
 import os
 import resource
-import sys
 import time
 from pathlib import Path
 
 import yaml
 
 from ..config import RunConfig, load_config
+from ..core import console
 from ..core.errors import TunelabError
 from ..methods import METHODS
 from ..models import DeferredTokenizer, count_params, max_positions, resolve
@@ -19,11 +19,7 @@ from ..runs import directory as rundir
 from ..runs.open import check_links, load_links
 from ..stages import STAGES
 from . import warm_start
-
-
-def _log(message: str) -> None:
-    # Progress and notes go to stderr: stdout's last line is the run directory.
-    print(message, file=sys.stderr, flush=True)
+from .progress import format_duration, library_output
 
 
 def peak_rss_mb() -> float:
@@ -38,7 +34,7 @@ def _unpacked_if_needed(cfg: RunConfig, method) -> RunConfig:
     if "packing" in cfg.train.model_fields_set:
         raise TunelabError(f"train.packing=true does not work with method {cfg.method.name} ({reason}); "
                            "set train.packing=false")
-    _log(f"note: method {cfg.method.name} trains without packing ({reason})")
+    console.note(f"note: method {cfg.method.name} trains without packing ({reason})")
     return cfg.model_copy(update={"train": cfg.train.model_copy(update={"packing": False})})
 
 
@@ -63,18 +59,22 @@ def _check_resumable(cfg: RunConfig, run_dir: Path) -> None:
 
 
 def train(config: RunConfig | str | Path | dict, overrides: list[str] | None = None, *,
-          resume: bool = False, overwrite: bool = False, quiet: bool = False) -> Path:
+          resume: bool = False, overwrite: bool = False, quiet: bool = False, verbose: bool = False) -> Path:
     """Run one fine-tuning job as the config says; return the run directory.
 
-    The run directory is locked for the whole run: a second `train` aimed at it refuses at once.
+    Output on stderr: a line saying what trains, one progress line and a summary; ``verbose`` adds
+    the Trainer's per-step log records (always in RUN/train.log) and the libraries' own progress
+    bars and warnings; ``quiet`` shows nothing. The run directory is locked for the whole run: a
+    second `train` aimed at it refuses at once.
     """
+    level = console.level_from(quiet, verbose)
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
     # Only rank 0 judges/changes the run directory (and locks it); other ranks just follow it.
-    with rundir.RunLock(cfg.run_dir) if is_main_process() else contextlib.nullcontext():
-        return _train(cfg, resume=resume, overwrite=overwrite, quiet=quiet)
+    with console.at_level(level), rundir.RunLock(cfg.run_dir) if is_main_process() else contextlib.nullcontext():
+        return _train(cfg, resume=resume, overwrite=overwrite, level=level)
 
 
-def _train(cfg: RunConfig, *, resume: bool, overwrite: bool, quiet: bool) -> Path:
+def _train(cfg: RunConfig, *, resume: bool, overwrite: bool, level: str) -> Path:
     stage, method = STAGES[cfg.stage.name], METHODS[cfg.method.name]
     if hasattr(method, "check_stage"):
         method.check_stage(stage)  # a method that cannot serve the stage fails before anything loads
@@ -93,7 +93,17 @@ def _train(cfg: RunConfig, *, resume: bool, overwrite: bool, quiet: bool) -> Pat
     _check_max_length(cfg)
     # The data is read and checked before the tokenizer loads; may learn settings (labels).
     train_ds, eval_ds = stage.build_datasets(cfg, DeferredTokenizer(cfg.model))
+    with library_output(level):  # imports transformers: only once the data has passed its checks
+        return _train_checked(cfg, stage, method, checkpoint, train_ds, eval_ds, resume=resume, overwrite=overwrite,
+                              level=level)
+
+
+def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds, *, resume: bool, overwrite: bool,
+                   level: str) -> Path:
+    """Load model -> apply method -> train -> evaluate -> save, on input that passed every check."""
     from transformers import set_seed
+
+    run_dir, main = cfg.run_dir, is_main_process()
 
     set_seed(cfg.train.seed)  # nothing above draws random numbers (the data split has its own seeded RNG)
     if checkpoint:
@@ -104,9 +114,9 @@ def _train(cfg: RunConfig, *, resume: bool, overwrite: bool, quiet: bool) -> Pat
     if cfg.init_from:
         warm_start.load_weights(model, cfg)
     trainable, total = count_params(model)
-    _log(f"model {cfg.model} | stage {cfg.stage.name} | method {cfg.method.name} | "
-         f"trainable params {trainable:,} / {total:,} ({100 * trainable / total:.2f}%) | "
-         f"{len(train_ds)} train / {len(eval_ds)} eval examples")
+    console.note(f"model {cfg.model} | stage {cfg.stage.name} | method {cfg.method.name} | "
+                 f"trainable params {trainable:,} / {total:,} ({100 * trainable / total:.2f}%) | "
+                 f"{len(train_ds)} train / {len(eval_ds)} eval examples")
 
     if overwrite and not resume and main:
         rundir.clear(run_dir)
@@ -117,7 +127,7 @@ def _train(cfg: RunConfig, *, resume: bool, overwrite: bool, quiet: bool) -> Pat
     try:
         from .trainer import make_trainer  # torch and transformers: only once the input has passed every check
 
-        trainer = make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, quiet, links)
+        trainer = make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, level, links)
         if trainer.is_world_process_zero():
             (run_dir / "config.yaml").write_text(cfg.to_yaml())
         started = time.time()
@@ -159,7 +169,21 @@ def _train(cfg: RunConfig, *, resume: bool, overwrite: bool, quiet: bool) -> Pat
         rundir.plot_loss(run_dir)
         rundir.write_json_atomic(run_dir / "summary.json", summary)
         rundir.index_run(Path(cfg.output_dir), run_dir, summary, stage.KEY_METRIC)
+        console.note(_summary_line(cfg, summary, stage.KEY_METRIC))
     return run_dir
+
+
+def _summary_line(cfg: RunConfig, summary: dict, key_metric: str) -> str:
+    """The run in one line: steps, time, final train loss and the stage's key metric (before -> after)."""
+    metrics = summary["metrics"]
+    parts = [f"done {cfg.name}: {summary['steps']} steps in {format_duration(summary['train_seconds'])}"]
+    if "train_loss" in metrics:
+        parts.append(f"train loss {metrics['train_loss']:.4g}")
+    if key_metric in metrics:
+        before = metrics.get(f"before_{key_metric}")
+        parts.append(f"{key_metric} {before:.4g} -> {metrics[key_metric]:.4g}" if before is not None
+                     else f"{key_metric} {metrics[key_metric]:.4g}")
+    return ", ".join(parts)
 
 
 def is_main_process() -> bool:

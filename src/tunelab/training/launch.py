@@ -11,18 +11,21 @@ import sys
 from pathlib import Path
 
 from ..config import load_config
+from ..core import console
 from ..core.errors import TunelabError
 
 
 def train_distributed(config: str | Path, overrides: list[str], nproc: int, *, resume: bool = False,
-                      overwrite: bool = False, quiet: bool = False) -> Path:
+                      overwrite: bool = False, quiet: bool = False, verbose: bool = False) -> Path:
     """Run `tunelab train` on `nproc` local processes; return the run directory."""
     if nproc < 1:
         raise TunelabError(f"--nproc must be at least 1, got {nproc}")
+    console.level_from(quiet, verbose)  # both at once fails here, before any process starts
     cfg = load_config(config, overrides)  # a bad config fails here, once, before any process starts
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "tunelab", "train", str(config), *overrides]
-    command += [flag for flag, on in (("--resume", resume), ("--overwrite", overwrite), ("--quiet", quiet)) if on]
+    command += [flag for flag, on in (("--resume", resume), ("--overwrite", overwrite), ("--quiet", quiet),
+                                      ("--verbose", verbose)) if on]
     # Ranks print their own errors/progress to stderr; rank 0 prints the run directory to stdout.
     result = subprocess.run(command, stdout=subprocess.PIPE, text=True)
     if result.returncode != 0:

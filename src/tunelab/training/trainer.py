@@ -15,6 +15,7 @@ import torch
 from ..config import RunConfig
 from ..core.errors import TunelabError
 from ..runs import directory as rundir
+from .progress import output_callback
 
 
 def use_bf16(precision: str) -> bool:
@@ -35,7 +36,7 @@ def use_bf16(precision: str) -> bool:
     return precision == "bf16" or (precision == "auto" and fast)
 
 
-def _training_arguments(cfg: RunConfig, run_dir: Path, has_eval: bool, quiet: bool):
+def _training_arguments(cfg: RunConfig, run_dir: Path, has_eval: bool):
     from transformers import TrainingArguments
 
     t = cfg.train
@@ -62,7 +63,7 @@ def _training_arguments(cfg: RunConfig, run_dir: Path, has_eval: bool, quiet: bo
         seed=t.seed,
         data_seed=t.seed,
         report_to=[],
-        disable_tqdm=quiet,
+        disable_tqdm=True,  # progress is shown by training/progress.py (one line, on stderr)
         remove_unused_columns=False,
         prediction_loss_only=True,
         include_num_input_tokens_seen="non_padding",
@@ -86,8 +87,9 @@ def _scale_out_arguments(t) -> dict:
     return extra
 
 
-def make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, quiet, links):
-    from transformers import Trainer, TrainerCallback
+def make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, level, links):
+    """``level``: console output (quiet, normal, verbose; see training/progress.py)."""
+    from transformers import PrinterCallback, Trainer, TrainerCallback
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     class MetricsLogger(TrainerCallback):
@@ -219,13 +221,15 @@ def make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, quiet
 
     trainer = StageTrainer(
         model=model,
-        args=_training_arguments(cfg, run_dir, bool(eval_ds), quiet),
+        args=_training_arguments(cfg, run_dir, bool(eval_ds)),
         train_dataset=train_ds,
         eval_dataset=eval_ds or None,
         data_collator=stage.collate(tokenizer),
         processing_class=tokenizer,
-        callbacks=[MetricsLogger(), FiniteLossGuard()],
+        callbacks=[MetricsLogger(), FiniteLossGuard(),
+                   output_callback(run_dir, f"{cfg.name} ({cfg.stage.name}, {cfg.method.name})", level)],
     )
+    trainer.remove_callback(PrinterCallback)  # it prints every log record on stdout; train.log has them
     trainer._step_losses = []  # this optimizer step's micro-batch losses (see check_losses_finite)
     return trainer
 
