@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -50,7 +49,9 @@ def _examples(n: int) -> list[dict]:
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from tunelab.training.engine import peak_rss_mb  # VmHWM: not the spawning parent's peak
+
+    return peak_rss_mb()
 
 
 def matmul_peak_flops(dtype_name: str, size: int = 2048, reps: int = 10) -> float:

@@ -192,3 +192,15 @@ def test_forcing_bf16_without_hardware_support_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
     with pytest.raises(TunelabError, match="train.precision=bf16"):
         trainer.use_bf16("bf16")
+
+
+def test_peak_rss_is_this_process_own_not_the_spawning_parents():
+    """`tunelab compare` trains each step in a child process: ru_maxrss would report the parent's
+    peak there (Linux keeps it across fork+exec); the run's figure must be the child's own."""
+    import subprocess
+    import sys
+
+    ballast = bytearray(400 * 2**20)  # the parent holds 400 MB while the child runs
+    code = "from tunelab.training.engine import peak_rss_mb; print(peak_rss_mb())"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert len(ballast) and child < 300, child

@@ -23,6 +23,14 @@ from .progress import format_duration, library_output
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory (MB). Linux: VmHWM, which starts afresh at exec; ru_maxrss
+    would carry over the peak of the parent that spawned us (e.g. `tunelab compare`'s own models)."""
+    try:
+        for line in open("/proc/self/status", encoding="ascii"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
