@@ -44,6 +44,13 @@ def positions(model, max_context: int | None = None) -> int:
     return max_context or getattr(model.config, "max_position_embeddings", None) or UNLIMITED
 
 
+def check_fits(cfg, model) -> None:
+    """A configured ``max_context`` must lie within the model's positions."""
+    if cfg.max_context is not None and cfg.max_context > positions(model):
+        raise TunelabError(f"max_context={cfg.max_context} is beyond the {positions(model)} positions of model "
+                           f"'{cfg.model}'")
+
+
 def build_prompts(tokenizer, chats: list[list[dict]], queries: list[str], context: Context | None,
                   budget: int) -> Prompts:
     """Each query's chat with its context, as chat and tokens of at most ``budget`` tokens."""

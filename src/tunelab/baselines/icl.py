@@ -36,7 +36,7 @@ from ..core.lazy import np
 from ..retrieval.embed import DEFAULT_EMBEDDER
 from ..stages.base import EvalOptions
 from . import zeroshot
-from ._context import cut, positions
+from ._context import check_fits, cut
 from .zeroshot import ZeroShotAnswerer, ZeroShotClassifier, query_text
 
 CACHE_FILE = "demo_embeddings.npz"
@@ -201,9 +201,7 @@ def build(cfg: Config):
 def check(cfg: Config, model, tokenizer) -> dict:
     """Fail early on an embedder that does not load or a context beyond the model; the summary's facts."""
     pool, digest = read_pool(cfg)
-    if cfg.max_context is not None and cfg.max_context > positions(model):
-        raise TunelabError(f"max_context={cfg.max_context} is beyond the {positions(model)} positions of model "
-                           f"'{cfg.model}'")
+    check_fits(cfg, model)
     if cfg.select == "nearest":
         from ..retrieval.embed import Embedder
 

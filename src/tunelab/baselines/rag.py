@@ -25,7 +25,7 @@ from pydantic import Field, field_validator
 from ..core.errors import TunelabError
 from ..stages.base import EvalOptions
 from . import zeroshot
-from ._context import cut, positions
+from ._context import check_fits, cut
 from .zeroshot import ZeroShotAnswerer, ZeroShotClassifier
 
 DEFAULT_TEMPLATE = "Use the passages below to answer.\n\n{passages}\n\n{query}"
@@ -171,9 +171,7 @@ def build(cfg: Config):
 
 def check(cfg: Config, model, tokenizer) -> dict:
     """Fail early on a context beyond the model; the summary's facts, the index's among them."""
-    if cfg.max_context is not None and cfg.max_context > positions(model):
-        raise TunelabError(f"max_context={cfg.max_context} is beyond the {positions(model)} positions of model "
-                           f"'{cfg.model}'")
+    check_fits(cfg, model)
     index = open_checked(cfg)
     manifest = index.manifest
     facts = {"path": str(index.path.resolve()), "chunks": manifest.chunks, "documents": manifest.documents,

@@ -15,7 +15,8 @@ from .config import Approach, CompareConfig
 LOWER_IS_BETTER = ("perplexity", "loss")
 
 
-def _sha(text: str | bytes) -> str:
+def fingerprint(text: str | bytes) -> str:
+    """A short content hash: what a cached run or evaluation was made from."""
     return hashlib.sha256(text if isinstance(text, bytes) else text.encode("utf-8")).hexdigest()[:16]
 
 
@@ -87,7 +88,7 @@ def _test_reports(cfg: CompareConfig, approach: Approach, run_dir: Path, final: 
     cache_dir = out / "evals" / approach.name
     reports, missing, keys = {}, {}, {}
     for name, file in cfg.data.test.items():
-        keys[name] = _sha(json.dumps(stamp + [_sha(Path(file).read_bytes()), _rows_cap(cfg, name, approach)]))
+        keys[name] = fingerprint(json.dumps(stamp + [fingerprint(Path(file).read_bytes()), _rows_cap(cfg, name, approach)]))
         cached = cache_dir / f"{name}.json"
         if cached.is_file():
             entry = json.loads(cached.read_text())
@@ -117,7 +118,7 @@ def _forgetting(cfg: CompareConfig, approach: Approach, run_dir: Path, out: Path
     if not cfg.forgetting.text or open_run(run_dir).model_kind != "causal-lm":
         return empty
     base_model = approach.steps[0].model
-    base = _cached_perplexity(cfg, out, f"base-{_sha(base_model)}", base_model, None)
+    base = _cached_perplexity(cfg, out, f"base-{fingerprint(base_model)}", base_model, None)
     if approach.is_baseline:  # the published weights: no change by construction
         return {"general_perplexity": base, "general_perplexity_base": base, "general_perplexity_change": 0.0}
     ppl = _cached_perplexity(cfg, out, f"run-{approach.name}", run_dir,
@@ -128,7 +129,7 @@ def _forgetting(cfg: CompareConfig, approach: Approach, run_dir: Path, out: Path
 
 def _cached_perplexity(cfg: CompareConfig, out: Path, key: str, what, stamp) -> float:
     f = cfg.forgetting
-    token = _sha(json.dumps([str(what), stamp, _sha(Path(f.text).read_bytes()), f.max_rows, f.max_length]))
+    token = fingerprint(json.dumps([str(what), stamp, fingerprint(Path(f.text).read_bytes()), f.max_rows, f.max_length]))
     path = out / "evals" / "general" / f"{key}.json"
     if path.is_file():
         entry = json.loads(path.read_text())

@@ -8,7 +8,6 @@ test file and options, so a second `tunelab compare` trains and scores nothing n
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -21,8 +20,7 @@ import yaml
 from ..core.errors import TunelabError
 from ..runs import directory
 from .config import Approach, CompareConfig
-
-CAUSAL_LM = "causal-lm"
+from .measure import evaluate_approach, fingerprint
 
 
 class Progress:
@@ -40,14 +38,6 @@ class Progress:
             print(line, file=sys.stderr, flush=True)
 
 
-def _sha(text: str | bytes) -> str:
-    return hashlib.sha256(text if isinstance(text, bytes) else text.encode("utf-8")).hexdigest()[:16]
-
-
-def _file_sha(path: str) -> str:
-    return _sha(Path(path).read_bytes()) if Path(path).is_file() else "-"
-
-
 def check_inputs(cfg: CompareConfig, approaches: list[Approach]) -> None:
     """Every test and forgetting file exists before anything trains."""
     for name, file in cfg.data.test.items():
@@ -59,7 +49,6 @@ def check_inputs(cfg: CompareConfig, approaches: list[Approach]) -> None:
 
 def run_compare(cfg: CompareConfig, approaches: list[Approach], verbose: bool = False) -> list[dict]:
     """Bring every approach up to date and evaluate it; the table's rows, in the file's order."""
-    from .measure import evaluate_approach  # torch-heavy: only once the inputs are checked
 
     check_inputs(cfg, approaches)
     out = Path(cfg.output_dir)
@@ -118,25 +107,25 @@ def _ensure_baseline(out: Path, approach: Approach, show) -> Path:
 
     cfg = approach.steps[0]
     run_dir = out / "runs" / approach.name
-    wanted = _sha(yaml.safe_dump({approach.kind: cfg.model_dump(mode="json")}, sort_keys=True))
-    if _fingerprint(out, approach.name) == wanted and (run_dir / "summary.json").is_file():
+    wanted = fingerprint(yaml.safe_dump({approach.kind: cfg.model_dump(mode="json")}, sort_keys=True))
+    if _stored_fingerprint(out, approach.name) == wanted and (run_dir / "summary.json").is_file():
         show("reusing the finished baseline")
         return run_dir
     show(f"building the {approach.kind} baseline")
     create_baseline_run(run_dir, approach.kind, cfg, overwrite=True)
-    _set_fingerprint(out, approach.name, wanted)
+    _store_fingerprint(out, approach.name, wanted)
     return run_dir
 
 
 # --------------------------------------------------------------------------- trained runs
 
 
-def _fingerprint(out: Path, name: str) -> str | None:
+def _stored_fingerprint(out: Path, name: str) -> str | None:
     path = out / "state" / f"{name}.sha"
     return path.read_text().strip() if path.is_file() else None
 
 
-def _set_fingerprint(out: Path, name: str, value: str) -> None:
+def _store_fingerprint(out: Path, name: str, value: str) -> None:
     (out / "state").mkdir(parents=True, exist_ok=True)
     (out / "state" / f"{name}.sha").write_text(value + "\n")
 
@@ -164,15 +153,15 @@ def _ensure_trained(out: Path, step, start: Path | None, show, verbose: bool) ->
     step = _start_from(out, step, start)
     run_dir = step.run_dir
     text = step.to_yaml()
-    wanted = _sha(text + (_summary_stamp(start) if start else ""))  # a retrained start retrains what follows
-    if _fingerprint(out, step.name) == wanted and (run_dir / "summary.json").is_file():
+    wanted = fingerprint(text + (_summary_stamp(start) if start else ""))  # a retrained start retrains what follows
+    if _stored_fingerprint(out, step.name) == wanted and (run_dir / "summary.json").is_file():
         show("reusing the finished run")
         return run_dir
     config_file = out / "configs" / f"{step.name}.yaml"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(text)
-    resumable = _fingerprint(out, step.name) == wanted and directory.last_checkpoint(run_dir) is not None
-    _set_fingerprint(out, step.name, wanted)  # before training: an interrupted run resumes with the same config
+    resumable = _stored_fingerprint(out, step.name) == wanted and directory.last_checkpoint(run_dir) is not None
+    _store_fingerprint(out, step.name, wanted)  # before training: an interrupted run resumes with the same config
     flag = "--resume" if resumable else "--overwrite"
     show("resuming training" if resumable else f"training {step.stage.name}/{step.method.name} on {step.model}")
     _train_subprocess(config_file, flag, out / "logs" / f"{step.name}.log", show, verbose)

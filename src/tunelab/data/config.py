@@ -35,38 +35,33 @@ def _check_size(source) -> None:
         raise ValueError("upsample applies to a source with a fraction")
 
 
-class DataSource(StrictModel):
+class _SourceOptions(StrictModel):
+    """How to read one source of a training mix and how much of it to use (shared by data.train items and
+    data.replay)."""
+
+    format: _SourceFormat
+    fields: _SourceFields
+    split: _SourceSplit
+    fraction: _Fraction
+    max_rows: _SourceMaxRows
+    upsample: _Upsample
+
+    @model_validator(mode="after")
+    def _size(self):
+        _check_size(self)
+        return self
+
+
+class DataSource(_SourceOptions):
     """One source of a training mix: a file or Hub dataset, how to read it, and how much of it to use."""
 
     path: str = Field(description="A .jsonl/.json/.csv/.parquet file, or a Hub dataset id.")
-    format: _SourceFormat
-    fields: _SourceFields
-    split: _SourceSplit
-    fraction: _Fraction
-    max_rows: _SourceMaxRows
-    upsample: _Upsample
-
-    @model_validator(mode="after")
-    def _size(self) -> "DataSource":
-        _check_size(self)
-        return self
 
 
-class ReplayConfig(StrictModel):
+class ReplayConfig(_SourceOptions):
     """Earlier data mixed back into training (against forgetting): one more source appended to data.train."""
 
     train: str = Field(description="The replayed data: a .jsonl/.json/.csv/.parquet file, or a Hub dataset id.")
-    format: _SourceFormat
-    fields: _SourceFields
-    split: _SourceSplit
-    fraction: _Fraction
-    max_rows: _SourceMaxRows
-    upsample: _Upsample
-
-    @model_validator(mode="after")
-    def _size(self) -> "ReplayConfig":
-        _check_size(self)
-        return self
 
 
 TRAIN_TAGS = ("file", "sources")  # pydantic puts these union tags in error locations; they are not keys
