@@ -45,7 +45,9 @@ def format_table(result: dict) -> str:
     out = [result["title"], line(header), "-" * (sum(widths) + 2 * (len(widths) - 1))] + [line(r) for r in body]
     out.append(f"{result['metric']} on {result['primary']} ranks the approaches"
                f" ({'lower' if result['lower_is_better'] else 'higher'} is better); ms/example and prompt tokens on "
-               f"{result['primary']}; general ppl Δ: perplexity change on {result.get('forgetting_text') or '-'}.")
+               f"{result['primary']}" + (f"; general ppl Δ: perplexity change on {result['forgetting_text']}."
+                                         if result.get("forgetting_text") else "; general ppl Δ: no general-text "
+                                         "set configured (forgetting.text)."))
     for test in result["tests"]:
         sizes = {}
         for r in result["rows"]:
