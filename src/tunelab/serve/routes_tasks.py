@@ -21,9 +21,11 @@ def router(state):
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
 
         def run():
-            rows = state.registry.classify(body.model, texts)
-            tokens = sum(len(state.registry.encode(body.model, t)) for t in texts)
-            return rows, tokens
+            lengths = [len(state.registry.encode(body.model, t)) for t in texts]
+            if 0 in lengths:  # nothing for the classifier to read
+                where = "input" if isinstance(body.input, str) else f"input[{lengths.index(0)}]"
+                raise APIError(400, "The input text is empty: it has no tokens", param=where)
+            return state.registry.classify(body.model, texts), sum(lengths)
 
         rows, tokens = await run_in_threadpool(run)
         return ClassificationList(data=[Classification(index=i, label=row["label"], probabilities=row["probabilities"])
