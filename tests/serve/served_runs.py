@@ -1,7 +1,7 @@
 """Tiny runs the serve tests share, trained in-process once per session (seconds each on tiny-llama).
 
 Two LoRA runs on different SYNTHETIC data with different seeds (so their greedy replies differ),
-a bottleneck-adapter run, an (IA)³ run, a full run, a classify run and a reward run.
+a bottleneck-adapter run, an (IA)³ run, a full run, a prompt-tuning run, a classify run and a reward run.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ RUNS = {
     "adapter": ("sft", "adapter", "dolly", 3, 5e-2),
     "ia3": ("sft", "ia3", "openai", 4, 1.0),
     "full": ("sft", "full", "dolly", 5, 1e-2),
+    "prompt": ("sft", "prompt", "dolly", 8, 1e-1),
     "classify": ("classify", "lora", "classification", 6, 1e-2),
     "reward": ("reward", "lora", "preference", 7, 1e-2),
 }

@@ -99,6 +99,21 @@ def test_mixed_rows_in_one_forward_give_each_run_its_own_logits(registry, runs):
     assert (mixed[4] - mixed[0]).abs().max() > 1e-2  # (IA)³ changes the logits
 
 
+def test_prompt_tuning_runs_generate_one_at_a_time_with_the_same_result(registry, engine, runs, tmp_path_factory):
+    prompt_run = trained("prompt", tmp_path_factory.getbasetemp() / "served")
+    registry.add(prompt_run, name="prompt")
+    try:
+        assert not registry._entry("prompt").backend.batchable
+        ids = registry.chat_prompt("prompt", PROMPT)
+        requests = [engine.submit("prompt", ids, _greedy(8)), engine.submit("lora-a", ids, _greedy(8))]
+        for request in requests:
+            request.result(timeout=60)
+        assert requests[0].token_ids == _solo(prompt_run, ids, 8)
+        assert requests[1].token_ids == _solo(runs["lora-a"], ids, 8)
+    finally:
+        registry.remove("prompt")
+
+
 def test_a_request_joins_a_running_batch(registry, engine, runs):
     first_ids = registry.chat_prompt("lora-a", PROMPT)
     first = engine.submit("lora-a", first_ids, _greedy(40))

@@ -45,6 +45,7 @@ class Sampling:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    ignore_eos: bool = False  # keep going past EOS until max_tokens/stop (benchmarks: fixed-length replies)
 
 
 @dataclass
@@ -144,7 +145,7 @@ class Request:
         """One generated token; True when the request is finished."""
         self.completion_tokens += 1
         self._unsent.append(token)
-        if token in self._eos:
+        if token in self._eos and not self.sampling.ignore_eos:
             return self._end("stop", self._text.finish())
         text, stopped = self._text.push(token)
         if stopped:
