@@ -192,7 +192,7 @@ def serve(options: ServeOptions) -> None:
 
 def wait_ready(url: str, timeout: float = 60.0, api_key: str | None = None) -> None:
     """Poll ``GET {url}/models`` until it answers (for tests and benchmarks)."""
-    import httpx
+    import httpx2 as httpx  # what the openai client depends on
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     deadline = time.monotonic() + timeout
