@@ -85,3 +85,49 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class ServeProcess:
+    """``tunelab serve ARGS --port 0`` in a subprocess; ``url`` from its ready line; stopped on close()."""
+
+    def __init__(self, *args, env: dict | None = None, timeout: float = 180):
+        import os
+        import subprocess
+        import sys
+        import time
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "tunelab", "serve", *map(str, args), "--port", "0"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})})
+        self.url = None
+        line = [None]
+        reader = threading.Thread(target=lambda: line.__setitem__(0, self.proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not line[0] or "http://" not in line[0]:
+            self.close()
+            raise AssertionError(f"serve did not print its URL within {timeout} s: {line[0]!r}\n"
+                                 f"{self.proc.stderr.read()[-3000:]}")
+        self.ready_line = line[0].strip()
+        self.url = self.ready_line.split()[-1]
+        self.pid = self.proc.pid
+        self._started = time.monotonic()
+
+    def rss_kib(self) -> int:
+        for row in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if row.startswith("VmRSS:"):
+                return int(row.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def close(self) -> str:
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+        return self.proc.stderr.read()
