@@ -148,7 +148,7 @@ def _submit(state, served, body, prompts: list[list[int]], max_tokens: int | Non
             for j in range(n):
                 seed = None if body.seed is None else body.seed + j
                 sampling = Sampling(max_tokens=budget, temperature=temperature, top_p=top_p,
-                                    stop=list(body.stop or []), seed=seed)
+                                    stop=list(body.stop or []), seed=seed, ignore_eos=bool(body.ignore_eos))
                 requests.append(state.engine.submit(body.model, ids, sampling))
     except BaseException:
         for request in requests:

@@ -53,6 +53,7 @@ class _Sampled(_Request):
     presence_penalty: Annotated[StrictFloat, Field(ge=-2, le=2)] | None = None  # accepted; only 0 is honoured
     frequency_penalty: Annotated[StrictFloat, Field(ge=-2, le=2)] | None = None  # accepted; only 0 is honoured
     user: StrictStr | None = None
+    ignore_eos: StrictBool | None = None  # an extension (as in vLLM): generate max_tokens even past EOS
 
     @field_validator("stop")
     @classmethod
