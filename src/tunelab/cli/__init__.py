@@ -11,6 +11,7 @@ import typer
 
 from ..core.errors import TunelabError
 from . import compare as _compare
+from . import serve as _serve
 from .rag import rag_app
 from .baselines import register as register_baselines
 
@@ -21,6 +22,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets.")
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 _compare.register(app)
+_serve.register(app)  # serve
 app.add_typer(rag_app, name="rag")
 register_baselines(app)  # zeroshot, icl
 

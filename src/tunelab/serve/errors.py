@@ -5,6 +5,7 @@ JSON, and tunelab's own one-line errors into that shape, so no client ever sees 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -29,9 +30,18 @@ def unauthorized() -> APIError:
                     type="invalid_request_error", code="invalid_api_key")
 
 
+_TYPE_TAGS = re.compile(r"^(str|int|float|bool|none|constrained-\w+|[A-Z]\w*)$|[\[(]")
+
+
+def _union_member(part) -> bool:
+    """pydantic puts the union member tried into an error's loc (``stop.list[str]``, ``content.str``);
+    OpenAI's field names never look like type names, so such parts are dropped."""
+    return isinstance(part, str) and bool(_TYPE_TAGS.search(part))
+
+
 def _param(loc) -> str | None:
     """``("body", "messages", 0, "content")`` -> ``messages[0].content`` (OpenAI names the field this way)."""
-    parts = [p for p in loc if p not in ("body", "query", "path")]
+    parts = [p for p in loc if p not in ("body", "query", "path") and not _union_member(p)]
     text = ""
     for part in parts:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))

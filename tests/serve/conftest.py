@@ -1,0 +1,133 @@
+"""The served world: tiny-llama runs (two LoRA sft runs on one base, a classifier, a reward model) trained
+once per session, and a real uvicorn server over them on 127.0.0.1 (a free port), shut down at the end."""
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import SYNTHETIC_ROWS, run_cli, tiny_config, write_config, write_rows
+
+
+def train_tiny(root: Path, stage: str, name: str, rows: list[dict], method: str = "lora", **train) -> Path:
+    """Train a tiny-llama run named ``name`` through the CLI; return its run directory."""
+    data = write_rows(root / f"{name}.jsonl", rows)
+    cfg = tiny_config(stage, method, data, root / "runs", **train)
+    cfg["name"] = name
+    rc, out, err = run_cli("train", write_config(root / f"{name}.yaml", cfg), "--quiet")
+    assert rc == 0, f"training {name} failed:\n{err[-3000:]}"
+    return Path(out.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def served_runs(tmp_path_factory) -> dict[str, Path]:
+    """{id: run dir}: lora-a and lora-b (sft on tiny-llama), cls (classify), rm (reward)."""
+    root = tmp_path_factory.mktemp("served")
+    return {
+        "lora-a": train_tiny(root, "sft", "lora-a", SYNTHETIC_ROWS["dolly"]),
+        "lora-b": train_tiny(root, "sft", "lora-b", SYNTHETIC_ROWS["dolly"], seed=7, lr=3e-2),
+        "cls": train_tiny(root, "classify", "cls", SYNTHETIC_ROWS["classification"]),
+        "rm": train_tiny(root, "reward", "rm", SYNTHETIC_ROWS["preference"]),
+    }
+
+
+class ServerThread:
+    """uvicorn in a background thread on a socket bound to 127.0.0.1:0; ``url`` ends in /v1."""
+
+    def __init__(self, state):
+        from tunelab.serve.app import create_app
+        from tunelab.serve.server import bind, make_server, url_of
+
+        self.state = state
+        self.sock = bind("127.0.0.1", 0)
+        self.url = url_of(self.sock)
+        self.ready = threading.Event()
+        self.server = make_server(create_app(state), on_ready=self.ready.set)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(30), "the server did not start within 30 s"
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+        assert not self.thread.is_alive(), "the server thread did not stop"
+
+
+@pytest.fixture(scope="session")
+def serve_state(served_runs):
+    """Registry + running engine over every served run (base tiny-llama served too)."""
+    from tunelab.serve.server import ServeOptions, build_state
+
+    state = build_state(ServeOptions(runs=[str(p) for p in served_runs.values()], base="tiny-llama", max_context=256))
+    yield state
+    state.engine.close()
+
+
+@pytest.fixture(scope="session")
+def server(serve_state):
+    running = ServerThread(serve_state)
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def client(server):
+    import openai
+
+    with openai.OpenAI(base_url=server.url, api_key="unused", timeout=60, max_retries=0) as c:
+        yield c
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServeProcess:
+    """``tunelab serve ARGS --port 0`` in a subprocess; ``url`` from its ready line; stopped on close()."""
+
+    def __init__(self, *args, env: dict | None = None, timeout: float = 180):
+        import os
+        import subprocess
+        import sys
+        import time
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "tunelab", "serve", *map(str, args), "--port", "0"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})})
+        self.url = None
+        line = [None]
+        reader = threading.Thread(target=lambda: line.__setitem__(0, self.proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not line[0] or "http://" not in line[0]:
+            self.close()
+            raise AssertionError(f"serve did not print its URL within {timeout} s: {line[0]!r}\n"
+                                 f"{self.proc.stderr.read()[-3000:]}")
+        self.ready_line = line[0].strip()
+        self.url = self.ready_line.split()[-1]
+        self.pid = self.proc.pid
+        self._started = time.monotonic()
+
+    def rss_kib(self) -> int:
+        for row in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if row.startswith("VmRSS:"):
+                return int(row.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def close(self) -> str:
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+        return self.proc.stderr.read()
