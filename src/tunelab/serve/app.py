@@ -57,4 +57,9 @@ def create_app(state: ServerState):
         return await call_next(request)
 
     # Routers: each area adds one line here.
+    if state.jobs is not None:
+        from . import routes_files, routes_jobs
+
+        app.include_router(routes_files.router(state))
+        app.include_router(routes_jobs.router(state))
     return app
