@@ -1,5 +1,5 @@
 """``/v1/files``: upload (multipart, purpose "fine-tune"), list, retrieve, delete, content."""
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI reads these signatures, whose types are imported in router().
 
 from ..core.errors import TunelabError
 from .errors import APIError, not_found

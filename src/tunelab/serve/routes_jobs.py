@@ -1,5 +1,4 @@
 """``/v1/fine_tuning/jobs``: create, list, retrieve, cancel, events, checkpoints (logic in ``jobs``)."""
-from __future__ import annotations
 
 from .errors import APIError
 from .jobs_config import RequestError
