@@ -1,6 +1,8 @@
 """JobService on real SQLite and real `tunelab train` subprocesses (tiny-llama, SYNTHETIC chat rows)."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from jobs_helpers import CHAT_ROWS, DPO_ROWS, TINY_TRAIN, jsonl, wait_for
 
@@ -137,3 +139,15 @@ def test_restart_resumes_the_running_job_and_keeps_the_queue(tmp_path):
         assert checkpoints[0]["metrics"]["train_loss"] is not None
     finally:
         second.close()
+
+
+def test_cancel_ends_the_running_training_process(service):
+    service.start()
+    job_id = service.create(_body(_upload(service)))["id"]
+    wait_for(lambda: job_id in service._processes, 30, "the job's training process to start", interval=0.05)
+    process = service._processes[job_id]
+    assert service.cancel(job_id)["status"] == "cancelled"
+    assert process.poll() is not None  # the whole process group was terminated
+    time.sleep(1.5)  # a few worker polls: the ended process must not turn the job into 'failed'
+    job = service.get(job_id)
+    assert job["status"] == "cancelled" and job["fine_tuned_model"] is None
