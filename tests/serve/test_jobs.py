@@ -151,3 +151,31 @@ def test_cancel_ends_the_running_training_process(service):
     time.sleep(1.5)  # a few worker polls: the ended process must not turn the job into 'failed'
     job = service.get(job_id)
     assert job["status"] == "cancelled" and job["fine_tuned_model"] is None
+
+
+def test_restart_after_a_crash_stops_the_orphaned_training_first(tmp_path):
+    data = tmp_path / "data"
+    crashed = JobService(data).start()
+    job_id = crashed.create(_body(_upload(crashed)))["id"]
+    wait_for(lambda: job_id in crashed._processes, 30, "the job's training process to start", interval=0.05)
+    orphan = crashed._processes[job_id]
+    crashed._stop.set()  # the server dies: its worker stops, nobody kills the training process
+    crashed._worker.join(timeout=30)
+    crashed.store.close()
+    assert orphan.poll() is None
+    restarted = JobService(data).start()
+    try:
+        assert orphan.wait(timeout=30) is not None  # ended by the new server before it relaunched the job
+        wait_for(lambda: job_id in restarted._processes, 30, "the job to be relaunched", interval=0.05)
+        assert restarted._processes[job_id].pid != orphan.pid and restarted.get(job_id)["status"] == "running"
+    finally:
+        restarted.close()
+
+
+def test_validation_file_becomes_the_eval_set(service):
+    train, held_out = _upload(service, CHAT_ROWS[:6]), _upload(service, CHAT_ROWS[6:])
+    job = service.create({**_body(train), "validation_file": held_out})
+    assert job["validation_file"] == held_out
+    config = service.store.config(job["id"])
+    eval_file = service.data_dir / "jobs" / job["id"] / "validation.jsonl"
+    assert config["data"]["eval"] == str(eval_file) and len(eval_file.read_text().splitlines()) == 2

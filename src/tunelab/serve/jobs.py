@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from ..core.errors import TunelabError
-from ..runs.directory import complete_checkpoints, last_checkpoint, read_jsonl
+from ..runs.directory import check_writable, complete_checkpoints, last_checkpoint, read_jsonl
 from . import jobs_config
 from .files import FileStore
 from .jobs_config import RequestError
@@ -34,6 +34,7 @@ class JobService:
         if max_concurrent < 1:
             raise TunelabError(f"max_concurrent must be at least 1, got {max_concurrent}")
         self.data_dir = Path(data_dir)
+        check_writable(self.data_dir)
         self.files = FileStore(self.data_dir / "files")
         self.store = JobStore(self.data_dir / "jobs.sqlite")
         self.registry = registry
@@ -48,6 +49,7 @@ class JobService:
     def start(self) -> "JobService":
         """Recover jobs a previous server left running (they resume), serve finished models, start the worker."""
         for job in self.store.with_status("validating_files", "running"):
+            self._end_orphan(job["id"])
             self.store.update(job["id"], status="queued")
             self.store.add_event(job["id"], "Server restarted; the job will resume from its last checkpoint")
         if self.registry is not None:
@@ -220,6 +222,7 @@ class JobService:
                                        start_new_session=True)  # its own process group: cancel ends all of it
             log.close()
             self._processes[job_id] = process
+            self.store.set_progress(job_id, {**self.store.progress(job_id), "pid": process.pid})
             self.store.update(job_id, status="running")
         step = last_checkpoint(self._run_dir(job_id))
         self.store.add_event(job_id, f"Resuming training from {step.name}" if resume else "Fine-tuning job started")
@@ -238,6 +241,25 @@ class JobService:
         # tunelab records the tokens the trainer consumed (all epochs) as train_tokens in summary.json.
         job = self._finish(job_id, "succeeded", fine_tuned_model=name, trained_tokens=summary.get("train_tokens"))
         self._serve(job)
+
+    def _end_orphan(self, job_id: str) -> None:
+        """A server that died without close() leaves its training process (own session) running: stop it,
+        so the resumed run does not find its run directory locked."""
+        pid = self.store.progress(job_id).get("pid")
+        config_file = str(self.data_dir / "jobs" / job_id / "config.yaml")
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if pid else []
+        except OSError:
+            return
+        if config_file.encode() not in command:
+            return  # gone, or the pid now belongs to another process
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 30
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def _serve(self, job: dict) -> None:
         if self.registry is None or not job.get("fine_tuned_model"):
@@ -331,6 +353,15 @@ def _kill(process: subprocess.Popen) -> None:
         process.wait(timeout=15)
     except ProcessLookupError:
         pass
+
+
+def _alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie (ended, not yet reaped by its parent)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def _last_error(log: Path) -> str | None:
