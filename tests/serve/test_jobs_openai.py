@@ -45,6 +45,8 @@ def test_fine_tune_through_the_openai_client(client):
     assert done.status == "succeeded", done.error
     assert done.fine_tuned_model == f"ft:tiny-llama:colours:{job.id}" and done.trained_tokens > 0
     assert done.finished_at >= done.created_at
+    results = client.files.content(done.result_files[0]).text.splitlines()
+    assert results[0] == "step,train_loss,valid_loss" and [r.split(",")[0] for r in results[1:]] == ["1", "2", "3", "4"]
 
     listed = client.fine_tuning.jobs.list(limit=1)
     assert [j.id for j in listed.data] == [other.id] and listed.has_more

@@ -114,6 +114,13 @@ class FileStore:
         if purpose not in PURPOSES:
             raise TunelabError(f"purpose '{purpose}' is not supported; use one of: {', '.join(PURPOSES)}")
         kind, rows = validate_jsonl(data)
+        return self._store(data, filename, purpose, {"format": kind, "rows": rows})
+
+    def add_result(self, data: bytes, filename: str) -> dict:
+        """A job's results (CSV of step metrics), as OpenAI attaches them: purpose 'fine-tune-results'."""
+        return self._store(data, filename, "fine-tune-results", {"format": "results", "rows": None})
+
+    def _store(self, data: bytes, filename: str, purpose: str, details: dict) -> dict:
         file_id = "file-" + "".join(secrets.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
                                     for _ in range(24))
         content, meta = self._paths(file_id)
@@ -124,7 +131,7 @@ class FileStore:
                   # Only the base name, and only as a label: the file is stored under its id.
                   "filename": os.path.basename(str(filename).replace("\\", "/")) or "upload.jsonl",
                   "purpose": purpose, "status": "processed", "status_details": None,
-                  "expires_at": None, "tunelab": {"format": kind, "rows": rows}}
+                  "expires_at": None, "tunelab": details}
         write_json_atomic(meta, record)
         return public(record)
 

@@ -239,7 +239,9 @@ class JobService:
         job = self.store.get(job_id)
         name = _model_name(job)
         # tunelab records the tokens the trainer consumed (all epochs) as train_tokens in summary.json.
-        job = self._finish(job_id, "succeeded", fine_tuned_model=name, trained_tokens=summary.get("train_tokens"))
+        results = self.files.add_result(_results_csv(self._metrics(run_dir)), f"{job_id}-results.csv")
+        job = self._finish(job_id, "succeeded", fine_tuned_model=name, trained_tokens=summary.get("train_tokens"),
+                           result_files=[results["id"]])
         self._serve(job)
 
     def _end_orphan(self, job_id: str) -> None:
@@ -330,6 +332,19 @@ class JobService:
 def _model_name(job: dict) -> str:
     """OpenAI's shape: ``ft:{model}:{suffix}:{job id}`` (suffix 'tunelab' when none was given)."""
     return f"ft:{job['model']}:{job.get('user_provided_suffix') or 'tunelab'}:{job['id']}"
+
+
+def _results_csv(metrics: list[dict]) -> bytes:
+    """OpenAI's result file: one row per logged step (train loss; valid loss where an eval ran)."""
+    by_step: dict[int, dict] = {}
+    for row in metrics:
+        if isinstance(row.get("step"), int) and ("loss" in row or "eval_loss" in row):
+            by_step.setdefault(row["step"], {}).update(row)
+    lines = ["step,train_loss,valid_loss"]
+    for step in sorted(by_step):
+        row = by_step[step]
+        lines.append(f"{step},{row.get('loss', '')},{row.get('eval_loss', '')}")
+    return ("\n".join(lines) + "\n").encode()
 
 
 def _limit(limit) -> int:
