@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from jobs_helpers import CHAT_ROWS, DPO_ROWS, TINY_TRAIN, jsonl, wait_for
@@ -179,3 +180,18 @@ def test_validation_file_becomes_the_eval_set(service):
     config = service.store.config(job["id"])
     eval_file = service.data_dir / "jobs" / job["id"] / "validation.jsonl"
     assert config["data"]["eval"] == str(eval_file) and len(eval_file.read_text().splitlines()) == 2
+
+
+def test_a_training_failure_fails_the_job_with_tunelab_s_message(service, tmp_path):
+    import shutil
+
+    from tunelab.models.loading import resolve
+
+    model_dir = Path(shutil.copytree(resolve("tiny-llama"), tmp_path / "my-model"))
+    job_id = service.create({**_body(_upload(service)), "model": str(model_dir)})["id"]
+    shutil.rmtree(model_dir)  # gone before the worker gets to it
+    service.start()
+    job = wait_for(lambda: (j := service.get(job_id))["status"] in ("succeeded", "failed") and j, 120,
+                   "the job to fail")
+    assert job["status"] == "failed" and job["error"]["code"] == "training_failed"
+    assert str(model_dir) in job["error"]["message"] and job["fine_tuned_model"] is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 from ..core.errors import TunelabError
 
@@ -119,11 +120,11 @@ def check_model(model) -> None:
     if not isinstance(model, str) or not model.strip():
         raise RequestError("Missing required parameter: 'model'", param="model")
     try:
-        location = resolve(model)
+        resolve(model)
     except TunelabError as exc:
         raise RequestError(str(exc), param="model", status=404, code="model_not_found") from None
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    if location == model and model not in BUNDLED and offline:
+    hub_id = model not in BUNDLED and not Path(model).expanduser().is_dir()
+    if hub_id and os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         raise RequestError(f"model '{model}' is not a bundled model or a local directory, and the Hub is offline; "
                            f"bundled models: {', '.join(BUNDLED)}", param="model", status=404, code="model_not_found")
 
