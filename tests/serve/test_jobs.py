@@ -114,6 +114,7 @@ def test_restart_resumes_the_running_job_and_keeps_the_queue(tmp_path):
     try:
         wait_for(lambda: complete_checkpoints(run_a / "checkpoints"), 240, "job A's first checkpoint", interval=0.1)
         assert first.get(b)["status"] == "queued"  # one at a time
+        wait_for(lambda: first.get(a)["estimated_finish"], 10, "an estimated finish from the pace so far")
     finally:
         first.close()  # stops the worker and kills A's training, as a crash would
     assert not (run_a / "summary.json").exists(), "job A finished before the server stopped; the test proves nothing"

@@ -233,15 +233,17 @@ class JobService:
         summary_file = run_dir / "summary.json"
         if code != 0 or not summary_file.is_file():
             reason = _last_error(self.data_dir / "jobs" / job_id / "train.out") or f"training exited with status {code}"
-            self._finish(job_id, "failed", error={"code": "training_failed", "message": reason, "param": None})
+            with self._lock:  # the lock orders it after any metrics sync (which may set estimated_finish)
+                self._finish(job_id, "failed", error={"code": "training_failed", "message": reason, "param": None})
             return
         summary = json.loads(summary_file.read_text())
         job = self.store.get(job_id)
         name = _model_name(job)
         # tunelab records the tokens the trainer consumed (all epochs) as train_tokens in summary.json.
         results = self.files.add_result(_results_csv(self._metrics(run_dir)), f"{job_id}-results.csv")
-        job = self._finish(job_id, "succeeded", fine_tuned_model=name, trained_tokens=summary.get("train_tokens"),
-                           result_files=[results["id"]])
+        with self._lock:
+            job = self._finish(job_id, "succeeded", fine_tuned_model=name, trained_tokens=summary.get("train_tokens"),
+                               result_files=[results["id"]])
         self._serve(job)
 
     def _end_orphan(self, job_id: str) -> None:
@@ -306,6 +308,17 @@ class JobService:
                     self.store.add_event(job_id, message, data=data, kind="metrics")
             if changed:
                 self.store.set_progress(job_id, progress)
+                self._estimate_finish(job_id, rows)
+
+    def _estimate_finish(self, job_id: str, rows: list[dict]) -> None:
+        """From the pace so far, where the step count is known (train.max_steps); else left null."""
+        total = self.store.config(job_id)["train"]["max_steps"]
+        timed = [r for r in rows if "loss" in r and isinstance(r.get("train_runtime"), (int, float))]
+        if total <= 0 or not timed or self.store.get(job_id)["status"] != "running":
+            return
+        last = timed[-1]
+        pace = last["train_runtime"] / max(last["step"], 1)  # seconds per step
+        self.store.update(job_id, estimated_finish=int(time.time() + pace * max(total - last["step"], 0)))
 
     def _run_dir(self, job_id: str) -> Path:
         return self.data_dir / "jobs" / job_id / "run"
