@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from ..core.errors import TunelabError
-from ..runs.directory import check_writable, complete_checkpoints, last_checkpoint, read_jsonl
-from . import jobs_config
+from ..runs.directory import check_writable, last_checkpoint
+from . import jobs_config, jobs_progress
 from .files import FileStore
 from .jobs_config import RequestError
 from .jobs_store import JobStore, new_id
@@ -152,20 +152,8 @@ class JobService:
         return job
 
     def checkpoints(self, job_id: str, after: str | None = None, limit: int = 10) -> tuple[list[dict], bool]:
-        """The run's saved checkpoints, newest first, each with the metrics logged at its step."""
         job = self.get(job_id)
-        run_dir = self._run_dir(job_id)
-        metrics = self._metrics(run_dir)
-        items = []
-        for path in reversed(complete_checkpoints(run_dir / "checkpoints")) if run_dir.is_dir() else []:
-            step = int(path.name.rsplit("-", 1)[1])
-            logged = {k: v for row in metrics if row.get("step") == step for k, v in row.items()}
-            items.append({"id": f"ftckpt-{job_id.removeprefix('ftjob-')}-{step}",
-                          "object": "fine_tuning.job.checkpoint", "created_at": int(path.stat().st_mtime),
-                          "fine_tuned_model_checkpoint": f"{_model_name(job)}:ckpt-step-{step}",
-                          "fine_tuning_job_id": job_id, "step_number": step,
-                          "metrics": {"step": step, "train_loss": logged.get("loss"),
-                                      "valid_loss": logged.get("eval_loss")}})
+        items = jobs_progress.checkpoint_objects(self._run_dir(job_id), job_id, _model_name(job))
         if after:
             ids = [c["id"] for c in items]
             items = items[ids.index(after) + 1:] if after in ids else []
@@ -240,7 +228,8 @@ class JobService:
         job = self.store.get(job_id)
         name = _model_name(job)
         # tunelab records the tokens the trainer consumed (all epochs) as train_tokens in summary.json.
-        results = self.files.add_result(_results_csv(self._metrics(run_dir)), f"{job_id}-results.csv")
+        results_csv = jobs_progress.results_csv(jobs_progress.read_metrics(run_dir))
+        results = self.files.add_result(results_csv, f"{job_id}-results.csv")
         with self._lock:
             job = self._finish(job_id, "succeeded", fine_tuned_model=name, trained_tokens=summary.get("train_tokens"),
                                result_files=[results["id"]])
@@ -283,52 +272,25 @@ class JobService:
     # ------------------------------------------------------------------ metrics -> events
 
     def _sync_metrics(self, job_id: str) -> None:
-        """Turn new metrics.jsonl rows into events (a resumed run repeats steps; each is reported once)."""
-        run_dir = self._run_dir(job_id)
-        rows = self._metrics(run_dir)
+        """New metrics.jsonl rows -> events, and a fresh estimated finish."""
+        rows = jobs_progress.read_metrics(self._run_dir(job_id))
         if not rows:
             return
-        with self._lock:
-            progress = self.store.progress(job_id)
-            changed = False
-            for row in rows:
-                step = row.get("step")
-                for key, kind in (("loss", "train"), ("eval_loss", "eval")):
-                    if key not in row or not isinstance(step, int) or step <= progress.get(kind, 0):
-                        continue
-                    progress[kind] = step
-                    changed = True
-                    if kind == "train":
-                        data = {"step": step, "train_loss": row["loss"], "epoch": row.get("epoch"),
-                                "learning_rate": row.get("learning_rate")}
-                        message = f"Step {step}: training loss={row['loss']:.4f}"
-                    else:
-                        data = {"step": step, **{k: v for k, v in row.items() if k.startswith("eval_")}}
-                        message = f"Step {step}: eval loss={row['eval_loss']:.4f}"
-                    self.store.add_event(job_id, message, data=data, kind="metrics")
-            if changed:
-                self.store.set_progress(job_id, progress)
-                self._estimate_finish(job_id, rows)
-
-    def _estimate_finish(self, job_id: str, rows: list[dict]) -> None:
-        """From the pace so far, where the step count is known (train.max_steps); else left null."""
-        total = self.store.config(job_id)["train"]["max_steps"]
-        timed = [r for r in rows if "loss" in r and isinstance(r.get("train_runtime"), (int, float))]
-        if total <= 0 or not timed or self.store.get(job_id)["status"] != "running":
-            return
-        last = timed[-1]
-        pace = last["train_runtime"] / max(last["step"], 1)  # seconds per step
-        self.store.update(job_id, estimated_finish=int(time.time() + pace * max(total - last["step"], 0)))
+        with self._lock:  # the worker and request threads both sync; finishing a job waits for it
+            seen = self.store.progress(job_id)
+            events = jobs_progress.metric_events(rows, seen)
+            if not events:
+                return
+            for message, data in events:
+                self.store.add_event(job_id, message, data=data, kind="metrics")
+            self.store.set_progress(job_id, seen)
+            if self.store.get(job_id)["status"] == "running":
+                finish = jobs_progress.estimate_finish(rows, self.store.config(job_id)["train"]["max_steps"])
+                if finish is not None:
+                    self.store.update(job_id, estimated_finish=finish)
 
     def _run_dir(self, job_id: str) -> Path:
         return self.data_dir / "jobs" / job_id / "run"
-
-    @staticmethod
-    def _metrics(run_dir: Path) -> list[dict]:
-        try:
-            return read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
-        except (TunelabError, ValueError):
-            return []  # a line being written; read again on the next poll
 
     def _file(self, file_id, param: str) -> dict:
         if not isinstance(file_id, str) or not file_id:
@@ -345,19 +307,6 @@ class JobService:
 def _model_name(job: dict) -> str:
     """OpenAI's shape: ``ft:{model}:{suffix}:{job id}`` (suffix 'tunelab' when none was given)."""
     return f"ft:{job['model']}:{job.get('user_provided_suffix') or 'tunelab'}:{job['id']}"
-
-
-def _results_csv(metrics: list[dict]) -> bytes:
-    """OpenAI's result file: one row per logged step (train loss; valid loss where an eval ran)."""
-    by_step: dict[int, dict] = {}
-    for row in metrics:
-        if isinstance(row.get("step"), int) and ("loss" in row or "eval_loss" in row):
-            by_step.setdefault(row["step"], {}).update(row)
-    lines = ["step,train_loss,valid_loss"]
-    for step in sorted(by_step):
-        row = by_step[step]
-        lines.append(f"{step},{row.get('loss', '')},{row.get('eval_loss', '')}")
-    return ("\n".join(lines) + "\n").encode()
 
 
 def _limit(limit) -> int:
