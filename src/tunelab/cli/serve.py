@@ -24,10 +24,12 @@ def serve(
     max_context: Optional[int] = typer.Option(None, "--max-context", min=2,
                                               help="Cap prompt + max_tokens below each model's own context."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the files and fine-tuning jobs API keeps "
-                                                                     "uploads and job runs."),
+                                                                     "uploads and job runs (enables /v1/files and "
+                                                                     "/v1/fine_tuning/jobs)."),
+    max_jobs: int = typer.Option(1, "--max-jobs", min=1, help="Fine-tuning jobs trained at once (with --data-dir)."),
 ):
     """Serve RUNs over HTTP (OpenAI's API at /v1); prints the URL when ready. Ctrl-C stops it."""
     from ..serve.server import ServeOptions, serve as run
 
     run(ServeOptions(runs=list(runs or []), base=base, host=host, port=port, api_key=api_key, watch=watch,
-                     max_batch_size=max_batch_size, max_context=max_context, data_dir=data_dir))
+                     max_batch_size=max_batch_size, max_context=max_context, data_dir=data_dir, max_jobs=max_jobs))

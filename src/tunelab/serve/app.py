@@ -150,5 +150,9 @@ def create_app(state: ServerState):
         app.include_router(routes_openai.router(state))
         app.include_router(routes_tasks.router(state))
         app.include_router(routes_admin.router(state))
-    # jobs: the files + fine-tuning jobs routers are included here when state.jobs is set (serve/routes_jobs.py)
+    if state.jobs is not None:
+        from . import routes_files, routes_jobs
+
+        app.include_router(routes_files.router(state))
+        app.include_router(routes_jobs.router(state))
     return app

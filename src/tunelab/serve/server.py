@@ -25,6 +25,7 @@ class ServeOptions:
     max_batch_size: int = 16
     max_context: int | None = None
     data_dir: Path | None = None
+    max_jobs: int = 1  # fine-tuning jobs trained at once
 
 
 def parse_runs(items: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -84,12 +85,10 @@ def build_state(options: ServeOptions) -> ServerState:
     engine.start()
     state = ServerState(registry=registry, engine=engine, api_key=options.api_key, max_context=options.max_context)
     if options.data_dir is not None:
-        # JOBS: the lead wires the fine-tuning jobs API here (serve/jobs.py from the jobs helper).
-        try:
-            from .jobs import JobService
-        except ImportError:
-            raise TunelabError("serve: --data-dir needs the jobs API (serve/jobs.py), not in this build") from None
-        state.jobs = JobService(options.data_dir, registry=registry, max_concurrent=1)
+        from .jobs import JobService
+
+        state.jobs = JobService(options.data_dir, registry=registry, max_concurrent=options.max_jobs)
+        state.jobs.start()  # re-queues what a previous server left running; serves every succeeded job
     return state
 
 
@@ -185,6 +184,8 @@ def serve(options: ServeOptions) -> None:
     finally:
         if watcher is not None:
             watcher.close()
+        if state is not None and state.jobs is not None:
+            state.jobs.close()  # stops training; a running job resumes when the server starts again
         if state is not None and state.engine is not None:
             state.engine.close()
         sock.close()
