@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import httpx2 as httpx
 import pytest
-from jobs_helpers import CHAT_ROWS, DPO_ROWS, jsonl, serve
+from .jobs_helpers import CHAT_ROWS, DPO_ROWS, jsonl, serve
 
 from tunelab.core.errors import TunelabError
 from tunelab.serve.app import ServerState

@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 
 import pytest
-from jobs_helpers import CHAT_ROWS, DPO_ROWS, TINY_TRAIN, jsonl, wait_for
+from .jobs_helpers import CHAT_ROWS, DPO_ROWS, TINY_TRAIN, jsonl, wait_for
 
 from tunelab.runs.directory import complete_checkpoints
 from tunelab.serve.jobs import JobService

@@ -5,7 +5,7 @@ import io
 
 import openai
 import pytest
-from jobs_helpers import CHAT_ROWS, TINY_TRAIN, jsonl, serve, wait_for
+from .jobs_helpers import CHAT_ROWS, TINY_TRAIN, jsonl, serve, wait_for
 from openai import OpenAI
 
 from tunelab.serve.app import ServerState

@@ -54,7 +54,7 @@ class JobService:
             self.store.add_event(job["id"], "Server restarted; the job will resume from its last checkpoint")
         if self.registry is not None:
             for job in self.store.with_status("succeeded"):
-                self._serve(job)
+                self._serve(job["id"], job.get("fine_tuned_model"))
         self._stop.clear()
         self._worker = threading.Thread(target=self._loop, name="tunelab-jobs", daemon=True)
         self._worker.start()
@@ -230,10 +230,10 @@ class JobService:
         # tunelab records the tokens the trainer consumed (all epochs) as train_tokens in summary.json.
         results_csv = jobs_progress.results_csv(jobs_progress.read_metrics(run_dir))
         results = self.files.add_result(results_csv, f"{job_id}-results.csv")
+        self._serve(job_id, name)  # before the status says so: a client that sees "succeeded" can use the model
         with self._lock:
-            job = self._finish(job_id, "succeeded", fine_tuned_model=name, trained_tokens=summary.get("train_tokens"),
-                               result_files=[results["id"]])
-        self._serve(job)
+            self._finish(job_id, "succeeded", fine_tuned_model=name, trained_tokens=summary.get("train_tokens"),
+                         result_files=[results["id"]])
 
     def _end_orphan(self, job_id: str) -> None:
         """A server that died without close() leaves its training process (own session) running: stop it,
@@ -254,13 +254,13 @@ class JobService:
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
 
-    def _serve(self, job: dict) -> None:
-        if self.registry is None or not job.get("fine_tuned_model"):
+    def _serve(self, job_id: str, name: str | None) -> None:
+        if self.registry is None or not name:
             return
         try:
-            self.registry.add(self._run_dir(job["id"]), name=job["fine_tuned_model"])
+            self.registry.add(self._run_dir(job_id), name=name)
         except TunelabError as exc:
-            self.store.add_event(job["id"], f"The model could not be served: {exc}", level="warn")
+            self.store.add_event(job_id, f"The model could not be served: {exc}", level="warn")
 
     def _finish(self, job_id: str, status: str, **fields) -> dict:
         job = self.store.update(job_id, status=status, finished_at=int(time.time()), estimated_finish=None, **fields)
