@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from contextlib import contextmanager
 
@@ -38,19 +36,10 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.3):
 @contextmanager
 def serve(state):
     """The app for ``state`` under real uvicorn on a free loopback port; yields the base URL; always stops."""
-    import uvicorn
+    from .conftest import ServerThread
 
-    from tunelab.serve.app import create_app
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    server = ServerThread(state)
     try:
-        wait_for(lambda: server.started, 30, "uvicorn to start", interval=0.05)
-        yield f"http://127.0.0.1:{port}"
+        yield server.url.removesuffix("/v1")
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+        server.close()
