@@ -13,6 +13,7 @@ from ..core.errors import TunelabError
 from . import compare as _compare
 from .rag import rag_app
 from .baselines import register as register_baselines
+from .sweep import register as register_sweep
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Adapt pretrained LLMs with every major fine-tuning technique, measured honestly.")
@@ -23,6 +24,7 @@ app.add_typer(data_app, name="data")
 _compare.register(app)
 app.add_typer(rag_app, name="rag")
 register_baselines(app)  # zeroshot, icl
+register_sweep(app)
 
 
 @app.command()

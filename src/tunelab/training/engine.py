@@ -67,22 +67,24 @@ def _check_resumable(cfg: RunConfig, run_dir: Path) -> None:
 
 
 def train(config: RunConfig | str | Path | dict, overrides: list[str] | None = None, *,
-          resume: bool = False, overwrite: bool = False, quiet: bool = False, verbose: bool = False) -> Path:
+          resume: bool = False, overwrite: bool = False, quiet: bool = False, verbose: bool = False,
+          callbacks: list | None = None) -> Path:
     """Run one fine-tuning job as the config says; return the run directory.
 
     Output on stderr: a line saying what trains, one progress line and a summary; ``verbose`` adds
     the Trainer's per-step log records (always in RUN/train.log) and the libraries' own progress
     bars and warnings; ``quiet`` shows nothing. The run directory is locked for the whole run: a
-    second `train` aimed at it refuses at once.
+    second `train` aimed at it refuses at once. ``callbacks``: extra transformers TrainerCallbacks
+    (a sweep's pruning reporter).
     """
     level = console.level_from(quiet, verbose)
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
     # Only rank 0 judges/changes the run directory (and locks it); other ranks just follow it.
     with console.at_level(level), rundir.RunLock(cfg.run_dir) if is_main_process() else contextlib.nullcontext():
-        return _train(cfg, resume=resume, overwrite=overwrite, level=level)
+        return _train(cfg, resume=resume, overwrite=overwrite, level=level, callbacks=callbacks or [])
 
 
-def _train(cfg: RunConfig, *, resume: bool, overwrite: bool, level: str) -> Path:
+def _train(cfg: RunConfig, *, resume: bool, overwrite: bool, level: str, callbacks: list) -> Path:
     stage, method = STAGES[cfg.stage.name], METHODS[cfg.method.name]
     if hasattr(method, "check_stage"):
         method.check_stage(stage)  # a method that cannot serve the stage fails before anything loads
@@ -104,11 +106,11 @@ def _train(cfg: RunConfig, *, resume: bool, overwrite: bool, level: str) -> Path
     _check_eval_settings(cfg, eval_ds)
     with library_output(level):  # imports transformers: only once the data has passed its checks
         return _train_checked(cfg, stage, method, checkpoint, train_ds, eval_ds, resume=resume, overwrite=overwrite,
-                              level=level)
+                              level=level, callbacks=callbacks)
 
 
 def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds, *, resume: bool, overwrite: bool,
-                   level: str) -> Path:
+                   level: str, callbacks: list) -> Path:
     """Load model -> apply method -> train -> evaluate -> save, on input that passed every check."""
     from transformers import set_seed
 
@@ -138,6 +140,8 @@ def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds,
 
         trainer = make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, level, links,
                                resumed_step=int(checkpoint.name.split("-")[-1]) if checkpoint else None)
+        for callback in callbacks:
+            trainer.add_callback(callback)
         if trainer.is_world_process_zero():
             (run_dir / "config.yaml").write_text(cfg.to_yaml())
         started = time.time()
