@@ -36,6 +36,8 @@ def open_study(sweep: SweepConfig, create: bool = True):
 
     quiet_optuna()
     url = storage_url(sweep)
+    if sweep.storage is None and create:
+        Path(sweep.output_dir).mkdir(parents=True, exist_ok=True)  # the default SQLite file lives in it
     try:
         storage = RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
