@@ -38,18 +38,19 @@ def open_study(sweep: SweepConfig, create: bool = True):
     url = storage_url(sweep)
     if sweep.storage is None and create:
         Path(sweep.output_dir).mkdir(parents=True, exist_ok=True)  # the default SQLite file lives in it
-    try:
-        storage = RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
-    except Exception as exc:  # a bad URL, a missing driver, a server that does not answer
-        raise TunelabError(f"storage '{url}' cannot be opened: {str(exc).splitlines()[0]}") from None
-    if not create:
+    with _sqlite_lock(sweep):  # two processes creating one SQLite schema at once collide
         try:
-            return optuna.load_study(study_name=sweep.study_name, storage=storage)
-        except KeyError:
-            raise TunelabError(f"no study '{sweep.study_name}' in {url}") from None
-    return optuna.create_study(study_name=sweep.study_name, storage=storage, load_if_exists=True,
-                               direction=sweep.objective.direction, sampler=_sampler(sweep), pruner=_pruner(sweep))
+            storage = RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+        except Exception as exc:  # a bad URL, a missing driver, a server that does not answer
+            raise TunelabError(f"storage '{url}' cannot be opened: {str(exc).splitlines()[0]}") from None
+        if not create:
+            try:
+                return optuna.load_study(study_name=sweep.study_name, storage=storage)
+            except KeyError:
+                raise TunelabError(f"no study '{sweep.study_name}' in {url}") from None
+        return optuna.create_study(study_name=sweep.study_name, storage=storage, load_if_exists=True,
+                                   direction=sweep.objective.direction, sampler=_sampler(sweep), pruner=_pruner(sweep))
 
 
 def quiet_optuna() -> None:
@@ -143,12 +144,13 @@ def _objective_value(sweep: SweepConfig, run_dir: Path, here: Path) -> float:
 
 
 @contextlib.contextmanager
-def _budget_lock(sweep: SweepConfig):
-    """Serialise 'count the trials, then start one' between processes sharing a SQLite study."""
-    if sweep.storage and not sweep.storage.startswith("sqlite"):
+def _sqlite_lock(sweep: SweepConfig):
+    """Serialise creating the study, and 'count the trials, then start one', between processes sharing
+    the sweep directory's SQLite study."""
+    path = Path(sweep.output_dir) / "study.lock"
+    if (sweep.storage and not sweep.storage.startswith("sqlite")) or not path.parent.is_dir():
         yield  # an RDB server: at most one extra trial per worker at the end, no shared file to lock
         return
-    path = Path(sweep.output_dir) / "study.lock"
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -180,12 +182,13 @@ def run_sweep(sweep: SweepConfig, base: dict, here: Path, quiet: bool = False) -
     while True:
         if sweep.timeout is not None and time.time() - started > sweep.timeout:
             break
-        with _budget_lock(sweep):
+        with _sqlite_lock(sweep):
             fail_stale_trials(study)  # a killed process's trial: failed, and queued again with its params
             counted, running = _counted(study)
             if counted >= sweep.trials:
                 trial = None
             else:
+                _seed_sampler(study.sampler, sweep.seed + len(study.get_trials(deepcopy=False)))
                 trial = study.ask()
         if trial is None:
             if running == 0:
@@ -194,6 +197,16 @@ def run_sweep(sweep: SweepConfig, base: dict, here: Path, quiet: bool = False) -
             continue
         _run_trial(study, trial, sweep, base, here, flip, quiet)
     return out
+
+
+def _seed_sampler(sampler, seed: int) -> None:
+    """Seed the sampler's random state by the number of the trial it is about to draw: the same sweep
+    draws the same trials, and two processes sharing the study (each with its own sampler seeded
+    alike) do not draw the same params. Optuna keeps the numpy RandomState at _rng.rng."""
+    for owner in (sampler, getattr(sampler, "_random_sampler", None)):
+        rng = getattr(getattr(owner, "_rng", None), "rng", None)
+        if rng is not None:
+            rng.seed(seed % 2**32)
 
 
 def _flip(sweep: SweepConfig, base: dict) -> bool:
