@@ -79,7 +79,7 @@ class TrainConfig(StrictModel):
         "summary.json records the step and metric."))
     report_to: list[Literal["tensorboard", "mlflow", "trackio"]] = Field(default_factory=list, description=(
         "Experiment trackers to log to (transformers' integrations); empty: none. TensorBoard logs land in "
-        "RUN/tensorboard; MLflow uses MLFLOW_TRACKING_URI, else a file store OUTPUT_DIR/mlruns."))
+        "RUN/tensorboard; MLflow uses MLFLOW_TRACKING_URI, else a local store OUTPUT_DIR/mlflow.db."))
 
     @field_validator("report_to", mode="before")
     @classmethod

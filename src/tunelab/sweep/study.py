@@ -248,7 +248,8 @@ def _train_trial(trial, sweep: SweepConfig, base: dict, here: Path, flip: bool, 
         console.note(f"trial {trial.number}: {', '.join(f'{k}={_short(v)}' for k, v in params.items())}")
     reporter = _pruning_callback(trial, prune_on, flip)
     started = time.time()
-    run_dir = train(cfg, overwrite=True, quiet=True, callbacks=[reporter])
+    run_dir = train(cfg, overwrite=True, quiet=True, callbacks=[reporter],
+                    tags={"study": sweep.study_name, "trial": trial.number})
     rundir.write_json_atomic(run_dir / "sweep.json", {"study": sweep.study_name, "trial": trial.number,
                                                       "storage": storage_url(sweep), "params": params})
     trial.set_user_attr("seconds", round(time.time() - started, 2))

@@ -18,7 +18,7 @@ from ..models import DeferredTokenizer, count_params, max_positions, resolve
 from ..runs import directory as rundir
 from ..runs.open import check_links, load_links
 from ..stages import STAGES
-from . import warm_start
+from . import trackers, warm_start
 from .progress import format_duration, library_output
 
 
@@ -68,23 +68,25 @@ def _check_resumable(cfg: RunConfig, run_dir: Path) -> None:
 
 def train(config: RunConfig | str | Path | dict, overrides: list[str] | None = None, *,
           resume: bool = False, overwrite: bool = False, quiet: bool = False, verbose: bool = False,
-          callbacks: list | None = None) -> Path:
+          callbacks: list | None = None, tags: dict | None = None) -> Path:
     """Run one fine-tuning job as the config says; return the run directory.
 
     Output on stderr: a line saying what trains, one progress line and a summary; ``verbose`` adds
     the Trainer's per-step log records (always in RUN/train.log) and the libraries' own progress
     bars and warnings; ``quiet`` shows nothing. The run directory is locked for the whole run: a
     second `train` aimed at it refuses at once. ``callbacks``: extra transformers TrainerCallbacks
-    (a sweep's pruning reporter).
+    (a sweep's pruning reporter); ``tags``: written to the run's trackers (a sweep's study and trial;
+    ``study`` also names the MLflow experiment).
     """
     level = console.level_from(quiet, verbose)
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
     # Only rank 0 judges/changes the run directory (and locks it); other ranks just follow it.
     with console.at_level(level), rundir.RunLock(cfg.run_dir) if is_main_process() else contextlib.nullcontext():
-        return _train(cfg, resume=resume, overwrite=overwrite, level=level, callbacks=callbacks or [])
+        return _train(cfg, resume=resume, overwrite=overwrite, level=level, callbacks=callbacks or [],
+                      tags=tags or {})
 
 
-def _train(cfg: RunConfig, *, resume: bool, overwrite: bool, level: str, callbacks: list) -> Path:
+def _train(cfg: RunConfig, *, resume: bool, overwrite: bool, level: str, callbacks: list, tags: dict) -> Path:
     stage, method = STAGES[cfg.stage.name], METHODS[cfg.method.name]
     if hasattr(method, "check_stage"):
         method.check_stage(stage)  # a method that cannot serve the stage fails before anything loads
@@ -101,16 +103,17 @@ def _train(cfg: RunConfig, *, resume: bool, overwrite: bool, level: str, callbac
         warm_start.inherit(cfg, stage)  # an incompatible earlier run fails here
     check_links(cfg)
     _check_max_length(cfg)
+    trackers.check_installed(cfg.train.report_to)
     # The data is read and checked before the tokenizer loads; may learn settings (labels).
     train_ds, eval_ds = stage.build_datasets(cfg, DeferredTokenizer(cfg.model))
     _check_eval_settings(cfg, eval_ds)
     with library_output(level):  # imports transformers: only once the data has passed its checks
         return _train_checked(cfg, stage, method, checkpoint, train_ds, eval_ds, resume=resume, overwrite=overwrite,
-                              level=level, callbacks=callbacks)
+                              level=level, callbacks=callbacks, tags=tags)
 
 
 def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds, *, resume: bool, overwrite: bool,
-                   level: str, callbacks: list) -> Path:
+                   level: str, callbacks: list, tags: dict) -> Path:
     """Load model -> apply method -> train -> evaluate -> save, on input that passed every check."""
     from transformers import set_seed
 
@@ -140,7 +143,8 @@ def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds,
 
         trainer = make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, level, links,
                                resumed_step=int(checkpoint.name.split("-")[-1]) if checkpoint else None)
-        for callback in callbacks:
+        tracking = trackers.callbacks(cfg, run_dir, tags)
+        for callback in [*callbacks, *tracking]:
             trainer.add_callback(callback)
         if trainer.is_world_process_zero():
             (run_dir / "config.yaml").write_text(cfg.to_yaml())
@@ -152,6 +156,7 @@ def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds,
         batching = _batching_stats(trainer)
         distributed = _rank_checksums(model)
     except BaseException:
+        trackers.close(locals().get("tracking", []))
         if rundir.last_checkpoint(run_dir) is None and not resume and main:
             rundir.clear(run_dir)  # nothing resumable: leave no half-written run behind
         raise
@@ -187,6 +192,7 @@ def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds,
         rundir.plot_loss(run_dir)
         rundir.write_json_atomic(run_dir / "summary.json", summary)
         rundir.index_run(Path(cfg.output_dir), run_dir, summary, stage.KEY_METRIC)
+        trackers.finish(tracking, summary, run_dir, tags)
         console.note(_summary_line(cfg, summary, stage.KEY_METRIC))
     return run_dir
 

@@ -66,7 +66,8 @@ def _training_arguments(cfg: RunConfig, run_dir: Path, has_eval: bool):
         bf16=use_bf16(t.precision),
         seed=t.seed,
         data_seed=t.seed,
-        report_to=[],
+        report_to=[],  # trackers are added by training/trackers.py, pointed where tunelab keeps things
+        run_name=cfg.name,
         disable_tqdm=True,  # progress is shown by training/progress.py (one line, on stderr)
         remove_unused_columns=False,
         prediction_loss_only=True,
