@@ -89,3 +89,20 @@ def test_grid_needs_choices(sweep):
 
 def test_the_schema_documents_every_field():
     assert all(field.description for name, field in SweepConfig.model_fields.items())
+
+
+def test_shipped_sweep_files_validate():
+    from conftest import EXAMPLES_DIR, REPO_ROOT
+    import os
+
+    paths = sorted((EXAMPLES_DIR / "sweep").glob("*.yaml"))
+    assert paths
+    cwd = os.getcwd()
+    os.chdir(REPO_ROOT)  # the examples name data files relative to the repository root
+    try:
+        for path in paths:
+            config, _, _ = load_sweep(path)
+            assert 12 <= config.trials <= 20 and config.pruner != "none"
+            assert all("test" not in file for file in config.eval.values())  # never tuned on the test split
+    finally:
+        os.chdir(cwd)
