@@ -106,3 +106,23 @@ def test_shipped_sweep_files_validate():
             assert all("test" not in file for file in config.eval.values())  # never tuned on the test split
     finally:
         os.chdir(cwd)
+
+
+def test_the_cli_names_bad_input_in_one_line_and_writes_nothing(sweep, tmp_path):
+    import yaml
+    from conftest import run_cli
+
+    bad = {**sweep, "space": {"train.lrr": {"uniform": [0.1, 0.2]}}}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    rc, out, err = run_cli("sweep", path)
+    assert rc == 2 and err.strip().splitlines() == [
+        f"error: {path}: space: unknown key 'train.lrr' for train; did you mean 'train.lr'?"], err
+    assert not (tmp_path / "sweep").exists()
+    rc, _, err = run_cli("sweep", "--report", tmp_path)
+    assert rc == 2 and f"error: {tmp_path} is not a sweep directory (no sweep.json)" in err
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(sweep))
+    rc, _, err = run_cli("sweep", good, "--trials", "0")
+    assert rc == 2 and err.strip() == "error: --trials must be at least 1 (got 0)"
+    assert not (tmp_path / "sweep").exists()
