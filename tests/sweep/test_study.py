@@ -30,10 +30,12 @@ def _states(study) -> list[str]:
     return [t.state.name for t in study.get_trials()]
 
 
-def test_a_four_trial_sweep_writes_the_table_best_yaml_plots_and_tagged_runs(tmp_path):
+def test_a_four_trial_sweep_writes_the_table_best_yaml_plots_and_tagged_runs(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     files = tiny_world(tmp_path)
     out = tmp_path / "sweep"
-    sweep = {"base": base_config(files),
+    sweep = {"base": base_config(files, report_to=["mlflow"]),
              "space": {"train.lr": {"log_uniform": [1e-4, 3e-3]}, "method.name": {"choice": ["full", "lora"]},
                        "method.r": {"choice": [2, 4]}},
              "objective": {"metric": "eval/held/accuracy", "direction": "maximize"}, "eval": {"held": str(files["held"])},
@@ -53,6 +55,12 @@ def test_a_four_trial_sweep_writes_the_table_best_yaml_plots_and_tagged_runs(tmp
         run = Path(row["run_dir"])
         assert json.loads((run / "sweep.json").read_text())["trial"] == row["trial"]
         assert json.loads((run / "eval" / "held.json").read_text())["accuracy"] == pytest.approx(row["value"])
+
+    from mlflow.tracking import MlflowClient  # every trial logged, grouped by study (the experiment "tiny")
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'trials' / 'mlflow.db'}")
+    logged = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert sorted(int(r.data.tags["tunelab.trial"]) for r in logged) == [0, 1, 2, 3]
 
     rc, printed, err = run_cli("sweep", "--report", out)  # the same table again, from the study
     assert rc == 0, err
