@@ -45,6 +45,7 @@ def test_tensorboard_and_mlflow_hold_what_metrics_jsonl_holds(tmp_path, monkeypa
     assert logged.data.metrics["final/eval_loss"] == pytest.approx(summary["metrics"]["eval_loss"])
     assert float(logged.data.params["learning_rate"]) == pytest.approx(cfg["train"]["lr"])
     assert logged.data.tags["tunelab.run_dir"] == str(run)
+    assert logged.info.artifact_uri.startswith((tmp_path / "runs" / "mlruns").as_uri())  # not in the cwd
     artifacts = {a.path for a in client.list_artifacts(logged.info.run_id)}
     assert {"summary.json", "config.yaml", "loss.png"} <= artifacts
 

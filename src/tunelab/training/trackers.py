@@ -47,13 +47,15 @@ def callbacks(cfg, run_dir: Path, tags: dict) -> list:
         # MLflow 3 refuses new file stores ("maintenance mode"): the local default is a SQLite file,
         # with artifacts beside it, both under the output directory; no server either way.
         out = Path(cfg.output_dir).resolve()
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out / 'mlflow.db'}"
+        user_uri = os.environ.get("MLFLOW_TRACKING_URI")
         out.mkdir(parents=True, exist_ok=True)
-        mlflow.set_tracking_uri(uri)
+        mlflow.set_tracking_uri(user_uri or f"sqlite:///{out / 'mlflow.db'}")
+        if user_uri is None:  # set_tracking_uri also exports it: the next run must see the user's (unset) value
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
         if not os.environ.get("MLFLOW_EXPERIMENT_NAME"):
             name = str(tags.get("study", "tunelab"))
-            if mlflow.get_experiment_by_name(name) is None:
-                local = None if os.environ.get("MLFLOW_TRACKING_URI") else (out / "mlruns").as_uri()
+            if mlflow.get_experiment_by_name(name) is None:  # artifacts beside the local store, not in the cwd
+                local = None if user_uri else (out / "mlruns").as_uri()
                 mlflow.create_experiment(name, artifact_location=local)
             mlflow.set_experiment(name)
         made.append(KeptOpen())
