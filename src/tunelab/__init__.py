@@ -6,7 +6,7 @@
 from .config import RunConfig, load_config
 from .core.errors import TunelabError
 
-__all__ = ["RunConfig", "load_config", "train", "load", "Loaded", "compare", "TunelabError"]
+__all__ = ["RunConfig", "load_config", "train", "load", "Loaded", "compare", "sweep", "TunelabError"]
 __version__ = "0.1.0"
 
 
@@ -19,6 +19,10 @@ def __getattr__(name: str):
         from .comparison import compare
 
         return compare
+    if name == "sweep":  # the package tunelab.sweep, callable: tunelab.sweep(...) runs a sweep
+        import importlib
+
+        return importlib.import_module(".sweep", __name__)
     if name in ("load", "Loaded"):
         from .runs import open as runs_open
 

@@ -15,6 +15,28 @@ from .methods import METHODS
 from .stages import STAGES
 
 
+class EarlyStopping(StrictModel):
+    """Stop when an eval metric has not improved for `patience` evaluations (transformers' EarlyStoppingCallback)."""
+
+    metric: str = Field("eval_loss", description=(
+        "An eval metric the stage reports during training (eval_loss; eval_accuracy for reward/dpo; ...)."))
+    patience: int = Field(3, ge=1, description="Evaluations without improvement before the run stops.")
+    min_delta: float = Field(0.0, ge=0.0, description="A change smaller than this is not an improvement.")
+    direction: Literal["auto", "minimize", "maximize"] = Field(
+        "auto", description="`auto`: minimize metrics named *loss or *perplexity, maximize the others.")
+
+    @field_validator("metric")
+    @classmethod
+    def _prefixed(cls, value: str) -> str:
+        return value if value.startswith("eval_") else f"eval_{value}"  # as the Trainer names eval metrics
+
+    @property
+    def greater_is_better(self) -> bool:
+        if self.direction != "auto":
+            return self.direction == "maximize"
+        return not self.metric.endswith(("loss", "perplexity"))
+
+
 class TrainConfig(StrictModel):
     """Optimisation settings (passed to transformers' Trainer)."""
 
@@ -47,6 +69,29 @@ class TrainConfig(StrictModel):
     )
     fsdp_config: dict | None = Field(None, description="Extra FSDP options passed to the Trainer (fsdp_config).")
     eval_before: bool = Field(True, description="Evaluate once before training, so every run reports before/after.")
+    eval_steps: int | None = Field(None, ge=1, description=(
+        "Evaluate every N optimizer steps (unset: once per epoch), so early stopping and sweeps see progress "
+        "within one epoch."))
+    early_stopping: EarlyStopping | None = Field(None, description=(
+        "Stop the run when `metric` has not improved by `min_delta` for `patience` evaluations."))
+    load_best: bool = Field(False, description=(
+        "End the run with the weights of its best evaluation (by early_stopping.metric, else eval_loss); "
+        "summary.json records the step and metric."))
+    report_to: list[Literal["tensorboard", "mlflow", "trackio"]] = Field(default_factory=list, description=(
+        "Experiment trackers to log to (transformers' integrations); empty: none. TensorBoard logs land in "
+        "RUN/tensorboard; MLflow uses MLFLOW_TRACKING_URI, else a local store OUTPUT_DIR/mlflow.db."))
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _none(cls, value: Any) -> Any:
+        if value in (None, "none", ["none"]):
+            return []
+        return [value] if isinstance(value, str) else value
+
+    @property
+    def best_metric(self) -> EarlyStopping:
+        """The metric (and its direction) that ranks evaluations for load_best and early stopping."""
+        return self.early_stopping or EarlyStopping()
 
     @field_validator("max_steps")
     @classmethod

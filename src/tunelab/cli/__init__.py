@@ -14,6 +14,7 @@ from . import compare as _compare
 from . import serve as _serve
 from .rag import rag_app
 from .baselines import register as register_baselines
+from .sweep import register as register_sweep
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Adapt pretrained LLMs with every major fine-tuning technique, measured honestly.")
@@ -25,6 +26,7 @@ _compare.register(app)
 _serve.register(app)  # serve
 app.add_typer(rag_app, name="rag")
 register_baselines(app)  # zeroshot, icl
+register_sweep(app)
 
 
 @app.command()

@@ -18,7 +18,7 @@ from ..models import DeferredTokenizer, count_params, max_positions, resolve
 from ..runs import directory as rundir
 from ..runs.open import check_links, load_links
 from ..stages import STAGES
-from . import warm_start
+from . import trackers, warm_start
 from .progress import format_duration, library_output
 
 
@@ -67,22 +67,26 @@ def _check_resumable(cfg: RunConfig, run_dir: Path) -> None:
 
 
 def train(config: RunConfig | str | Path | dict, overrides: list[str] | None = None, *,
-          resume: bool = False, overwrite: bool = False, quiet: bool = False, verbose: bool = False) -> Path:
+          resume: bool = False, overwrite: bool = False, quiet: bool = False, verbose: bool = False,
+          callbacks: list | None = None, tags: dict | None = None) -> Path:
     """Run one fine-tuning job as the config says; return the run directory.
 
     Output on stderr: a line saying what trains, one progress line and a summary; ``verbose`` adds
     the Trainer's per-step log records (always in RUN/train.log) and the libraries' own progress
     bars and warnings; ``quiet`` shows nothing. The run directory is locked for the whole run: a
-    second `train` aimed at it refuses at once.
+    second `train` aimed at it refuses at once. ``callbacks``: extra transformers TrainerCallbacks
+    (a sweep's pruning reporter); ``tags``: written to the run's trackers (a sweep's study and trial;
+    ``study`` also names the MLflow experiment).
     """
     level = console.level_from(quiet, verbose)
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
     # Only rank 0 judges/changes the run directory (and locks it); other ranks just follow it.
     with console.at_level(level), rundir.RunLock(cfg.run_dir) if is_main_process() else contextlib.nullcontext():
-        return _train(cfg, resume=resume, overwrite=overwrite, level=level)
+        return _train(cfg, resume=resume, overwrite=overwrite, level=level, callbacks=callbacks or [],
+                      tags=tags or {})
 
 
-def _train(cfg: RunConfig, *, resume: bool, overwrite: bool, level: str) -> Path:
+def _train(cfg: RunConfig, *, resume: bool, overwrite: bool, level: str, callbacks: list, tags: dict) -> Path:
     stage, method = STAGES[cfg.stage.name], METHODS[cfg.method.name]
     if hasattr(method, "check_stage"):
         method.check_stage(stage)  # a method that cannot serve the stage fails before anything loads
@@ -99,15 +103,17 @@ def _train(cfg: RunConfig, *, resume: bool, overwrite: bool, level: str) -> Path
         warm_start.inherit(cfg, stage)  # an incompatible earlier run fails here
     check_links(cfg)
     _check_max_length(cfg)
+    trackers.check_installed(cfg.train.report_to)
     # The data is read and checked before the tokenizer loads; may learn settings (labels).
     train_ds, eval_ds = stage.build_datasets(cfg, DeferredTokenizer(cfg.model))
+    _check_eval_settings(cfg, eval_ds)
     with library_output(level):  # imports transformers: only once the data has passed its checks
         return _train_checked(cfg, stage, method, checkpoint, train_ds, eval_ds, resume=resume, overwrite=overwrite,
-                              level=level)
+                              level=level, callbacks=callbacks, tags=tags)
 
 
 def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds, *, resume: bool, overwrite: bool,
-                   level: str) -> Path:
+                   level: str, callbacks: list, tags: dict) -> Path:
     """Load model -> apply method -> train -> evaluate -> save, on input that passed every check."""
     from transformers import set_seed
 
@@ -135,16 +141,22 @@ def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds,
     try:
         from .trainer import make_trainer  # torch and transformers: only once the input has passed every check
 
-        trainer = make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, level, links)
+        trainer = make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, level, links,
+                               resumed_step=int(checkpoint.name.split("-")[-1]) if checkpoint else None)
+        tracking = trackers.callbacks(cfg, run_dir, tags)
+        for callback in [*callbacks, *tracking]:
+            trainer.add_callback(callback)
         if trainer.is_world_process_zero():
             (run_dir / "config.yaml").write_text(cfg.to_yaml())
         started = time.time()
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         train_seconds = time.time() - started
-        metrics = _final_metrics(trainer, eval_ds, getattr(stage, "LOSS_IS_NLL", False))
+        best = trainer.best.summary() if trainer.best is not None else {}
+        metrics = _final_metrics(trainer, eval_ds, getattr(stage, "LOSS_IS_NLL", False), best.get("best_step"))
         batching = _batching_stats(trainer)
         distributed = _rank_checksums(model)
     except BaseException:
+        trackers.close(locals().get("tracking", []))
         if rundir.last_checkpoint(run_dir) is None and not resume and main:
             rundir.clear(run_dir)  # nothing resumable: leave no half-written run behind
         raise
@@ -171,12 +183,16 @@ def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds,
             "world_size": trainer.args.world_size,
             **batching,
             **distributed,
+            **best,
+            "early_stopped": _early_stopped(cfg, trainer),
             "metrics": metrics,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
+        (run_dir / "best.pt").unlink(missing_ok=True)  # the best weights are the saved ones now
         rundir.plot_loss(run_dir)
         rundir.write_json_atomic(run_dir / "summary.json", summary)
         rundir.index_run(Path(cfg.output_dir), run_dir, summary, stage.KEY_METRIC)
+        trackers.finish(tracking, summary, run_dir, tags)
         console.note(_summary_line(cfg, summary, stage.KEY_METRIC))
     return run_dir
 
@@ -228,8 +244,26 @@ def _batching_stats(trainer) -> dict:
     return collator.stats()
 
 
-def _final_metrics(trainer, eval_ds, loss_is_nll: bool) -> dict:
+def _check_eval_settings(cfg: RunConfig, eval_ds) -> None:
+    """Settings that act on evaluations need eval data (before the run directory is touched)."""
+    t = cfg.train
+    asked = [name for name, on in (("train.early_stopping", t.early_stopping), ("train.load_best", t.load_best),
+                                   ("train.eval_steps", t.eval_steps)) if on]
+    if asked and not eval_ds:
+        raise TunelabError(f"{asked[0]} needs eval data, but this run has none; set data.eval or "
+                           f"data.eval_fraction above 0")
+
+
+def _early_stopped(cfg: RunConfig, trainer) -> bool:
+    """Whether early stopping ended the run before its planned steps."""
+    return bool(cfg.train.early_stopping) and trainer.state.global_step < trainer.state.max_steps
+
+
+def _final_metrics(trainer, eval_ds, loss_is_nll: bool, best_step: int | None = None) -> dict:
     """Final eval metrics, plus the same metrics before training (eval_before) as before_eval_*.
+
+    With train.load_best (``best_step``) the final metrics are those of the best evaluation, whose
+    weights the run ends with.
 
     Perplexity (exp of the eval loss) only for stages whose loss is a per-token NLL.
     """
@@ -237,8 +271,9 @@ def _final_metrics(trainer, eval_ds, loss_is_nll: bool) -> dict:
     train_losses = [r["train_loss"] for r in history if "train_loss" in r]
     metrics = {"train_loss": train_losses[-1]} if train_losses else {}
     if eval_ds:
-        last = next((r for r in reversed(history) if "eval_loss" in r), None)
-        if last is None or last.get("step") != trainer.state.global_step:
+        wanted = best_step if best_step is not None else trainer.state.global_step
+        last = next((r for r in reversed(history) if "eval_loss" in r and r.get("step") == wanted), None)
+        if last is None:
             last = trainer.evaluate()
         metrics.update({k: v for k, v in last.items() if k.startswith("eval_") and isinstance(v, (int, float))})
         first = next((r for r in history if "eval_loss" in r and r.get("step") == 0), None)

@@ -54,7 +54,11 @@ def _training_arguments(cfg: RunConfig, run_dir: Path, has_eval: bool):
         max_grad_norm=t.max_grad_norm,
         logging_steps=t.logging_steps,
         logging_first_step=True,
-        eval_strategy="epoch" if has_eval else "no",
+        eval_strategy=("steps" if t.eval_steps else "epoch") if has_eval else "no",
+        eval_steps=t.eval_steps,
+        # Early stopping reads the Trainer's best metric, which it tracks only when told which one.
+        metric_for_best_model=t.best_metric.metric if has_eval and (t.early_stopping or t.load_best) else None,
+        greater_is_better=t.best_metric.greater_is_better if has_eval and (t.early_stopping or t.load_best) else None,
         eval_on_start=has_eval and t.eval_before,
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
@@ -62,7 +66,8 @@ def _training_arguments(cfg: RunConfig, run_dir: Path, has_eval: bool):
         bf16=use_bf16(t.precision),
         seed=t.seed,
         data_seed=t.seed,
-        report_to=[],
+        report_to=[],  # trackers are added by training/trackers.py, pointed where tunelab keeps things
+        run_name=cfg.name,
         disable_tqdm=True,  # progress is shown by training/progress.py (one line, on stderr)
         remove_unused_columns=False,
         prediction_loss_only=True,
@@ -87,8 +92,9 @@ def _scale_out_arguments(t) -> dict:
     return extra
 
 
-def make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, level, links):
-    """``level``: console output (quiet, normal, verbose; see training/progress.py)."""
+def make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, level, links, resumed_step=None):
+    """``level``: console output (quiet, normal, verbose; see training/progress.py); ``resumed_step``:
+    the checkpoint's step when resuming."""
     from transformers import PrinterCallback, Trainer, TrainerCallback
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
@@ -229,6 +235,22 @@ def make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, level
         callbacks=[MetricsLogger(), FiniteLossGuard(),
                    output_callback(run_dir, f"{cfg.name} ({cfg.stage.name}, {cfg.method.name})", level)],
     )
+    trainer.best = None  # train.load_best: the BestWeights callback, read for summary.json
+    if eval_ds and cfg.train.early_stopping:
+        from transformers import EarlyStoppingCallback
+
+        from .best import MetricCheck
+
+        es = cfg.train.early_stopping
+        trainer.add_callback(MetricCheck(es.metric))
+        trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=es.patience,
+                                                   early_stopping_threshold=es.min_delta))
+    if eval_ds and cfg.train.load_best:
+        from .best import BestWeights
+
+        best = cfg.train.best_metric
+        trainer.best = BestWeights(run_dir, best.metric, best.greater_is_better, resumed_step)
+        trainer.add_callback(trainer.best)
     trainer.remove_callback(PrinterCallback)  # it prints every log record on stdout; train.log has them
     trainer._step_losses = []  # this optimizer step's micro-batch losses (see check_losses_finite)
     return trainer
