@@ -54,11 +54,22 @@ class Backend:
 
     def forward(self, routes: list[str | None], **inputs):
         """One forward for rows that may each take a different route; ``inputs`` as for the HF model."""
+        import contextlib
+
         self.routing.set_rows(routes)
+        context = contextlib.nullcontext()
         if self.lora:
-            inputs["adapter_names"] = [r if r in self.lora else "__base__" for r in routes]
+            lora = [r if r in self.lora else "__base__" for r in routes]
+            if len(set(lora)) > 1:
+                inputs["adapter_names"] = lora  # peft's mixed batch: per-adapter sub-batches in every LoRA layer
+            elif lora[0] == "__base__":
+                context = self.model.disable_adapter()  # every row on the bare base: no LoRA work at all
+            else:  # one adapter for every row: peft's plain path is cheaper than its mixed-batch one
+                if self.model.active_adapter != lora[0]:
+                    self.model.set_adapter(lora[0])
         try:
-            return self.model(**inputs)
+            with context:
+                return self.model(**inputs)
         finally:
             self.routing.set_rows([])
 
