@@ -8,29 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SYNTHETIC_ROWS, run_cli, tiny_config, write_config, write_rows
-
-
-def train_tiny(root: Path, stage: str, name: str, rows: list[dict], method: str = "lora", **train) -> Path:
-    """Train a tiny-llama run named ``name`` through the CLI; return its run directory."""
-    data = write_rows(root / f"{name}.jsonl", rows)
-    cfg = tiny_config(stage, method, data, root / "runs", **train)
-    cfg["name"] = name
-    rc, out, err = run_cli("train", write_config(root / f"{name}.yaml", cfg), "--quiet")
-    assert rc == 0, f"training {name} failed:\n{err[-3000:]}"
-    return Path(out.strip().splitlines()[-1])
-
 
 @pytest.fixture(scope="session")
 def served_runs(tmp_path_factory) -> dict[str, Path]:
-    """{id: run dir}: lora-a and lora-b (sft on tiny-llama), cls (classify), rm (reward)."""
-    root = tmp_path_factory.mktemp("served")
-    return {
-        "lora-a": train_tiny(root, "sft", "lora-a", SYNTHETIC_ROWS["dolly"]),
-        "lora-b": train_tiny(root, "sft", "lora-b", SYNTHETIC_ROWS["dolly"], seed=7, lr=3e-2),
-        "cls": train_tiny(root, "classify", "cls", SYNTHETIC_ROWS["classification"]),
-        "rm": train_tiny(root, "reward", "rm", SYNTHETIC_ROWS["preference"]),
-    }
+    """{id: run dir}: lora-a and lora-b (sft on tiny-llama), cls (classify), rm (reward); trained once per
+    session by served_runs.trained, shared with the engine and registry tests."""
+    from .served_runs import trained
+
+    root = tmp_path_factory.getbasetemp() / "served"
+    root.mkdir(exist_ok=True)
+    return {"lora-a": trained("lora-a", root), "lora-b": trained("lora-b", root),
+            "cls": trained("classify", root), "rm": trained("reward", root)}
 
 
 class ServerThread:
@@ -61,7 +49,8 @@ def serve_state(served_runs):
     """Registry + running engine over every served run (base tiny-llama served too)."""
     from tunelab.serve.server import ServeOptions, build_state
 
-    state = build_state(ServeOptions(runs=[str(p) for p in served_runs.values()], base="tiny-llama", max_context=256))
+    runs = [f"{name}={path}" for name, path in served_runs.items()]  # ids as the tests name them
+    state = build_state(ServeOptions(runs=runs, base="tiny-llama", max_context=256))
     yield state
     state.engine.close()
 
