@@ -13,37 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DOLLY = REPO / "data/instruct/dolly_subset.jsonl"
-
-
-def cpu() -> str:
-    try:
-        info = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    except OSError:
-        return platform.processor() or "unknown CPU"
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("Model name")), "?")
-    return f"{name}, AMX {'yes' if 'amx' in info else 'no'}"
-
-
-def lora_run(model: str, work: Path, name: str, seed: int) -> Path:
-    from tunelab.training.engine import train
-
-    run_dir = work / "runs" / name
-    if (run_dir / "summary.json").is_file():
-        return run_dir
-    cfg = {"name": name, "model": model, "stage": "sft",
-           "method": {"name": "lora", "r": 8, "alpha": 16, "target_modules": "all-linear"},
-           "data": {"train": str(DOLLY), "max_rows": 40, "eval_fraction": 0.0},
-           "train": {"max_steps": 5, "batch_size": 2, "max_length": 128, "lr": 1e-3, "seed": seed,
-                     "save_steps": 0, "eval_before": False, "logging_steps": 5},
-           "output_dir": str(work / "runs")}
-    return Path(train(cfg, quiet=True))
+from serve_throughput import DOLLY, lora_run  # the same two quick LoRA runs as the HTTP benchmark
 
 
 def run(engine, registry, models: list[str], prompts: list[str], tokens: int) -> tuple[float, int]:
@@ -66,6 +39,7 @@ def main() -> None:
 
     import torch
 
+    from tunelab.core.machine import describe_machine, machine_line
     from tunelab.serve.engine import Engine
     from tunelab.serve.registry import Registry
 
@@ -81,7 +55,9 @@ def main() -> None:
         mixed, mixed_tokens = run(engine, registry, [names[i % 3] for i in range(n)], prompts[1 : n + 1], args.tokens)
 
     print(f"engine throughput, {args.model}, greedy, max_tokens {args.tokens}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {cpu()}")
+          f"{torch.get_num_threads()} threads")
+    machine = describe_machine()
+    print(f"machine: {machine_line(machine)} (AMX {'yes' if machine['amx'] else 'no'})")
     print(f"  1 request:                       {one:7.1f} tokens/s")
     print(f"  {n} concurrent, bare base:        {base:7.1f} tokens/s ({base / one:.2f}x of 1; target >= 3x)"
           f"  [{base_tokens} tokens]")
