@@ -19,6 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SOURCES = {"email": "email_enron1.jsonl", "sms": "sms_uci.jsonl"}
 TEST_EVERY = 5  # 1 in 5 rows goes to test
+SMS_VAL = 500  # rows after the fine-tuning set: the validation split for sweeps
 SMALL_SMS = 200
 
 
@@ -42,6 +43,7 @@ def main(source_dir: Path) -> None:
         }
         if domain == "sms":
             splits["train_200"] = splits["train"][:SMALL_SMS]
+            splits["val"] = splits["train"][SMALL_SMS : SMALL_SMS + SMS_VAL]  # sweeps choose on it, never on test
         for split, subset in splits.items():
             out = HERE / f"{domain}_{split}.jsonl"
             write_jsonl(out, subset)
