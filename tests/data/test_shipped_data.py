@@ -78,6 +78,10 @@ def test_sms_train_200_is_the_first_200_sms_training_rows():
     assert _raw(DATA / "spam" / "sms_train_200.jsonl") == _raw(DATA / "spam" / "sms_train.jsonl")[:200]
 
 
+def test_sms_val_is_the_next_500_training_rows_so_no_test_row_and_no_fine_tuning_row():
+    assert _raw(DATA / "spam" / "sms_val.jsonl") == _raw(DATA / "spam" / "sms_train.jsonl")[200:700]
+
+
 def test_preference_subset_follows_its_rules():
     """HH-RLHF subset: prompts end with the open assistant turn, prompt + longer reply <= 900
     characters, and eval iff sha256(prompt) % 5 == 0 (so no prompt is on both sides)."""
