@@ -57,7 +57,7 @@ def main() -> None:
     print(f"engine throughput, {args.model}, greedy, max_tokens {args.tokens}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     machine = describe_machine()
-    print(f"machine: {machine_line(machine)} (AMX {'yes' if machine['amx'] else 'no'})")
+    print(f"machine: {machine_line(machine)}")
     print(f"  1 request:                       {one:7.1f} tokens/s")
     print(f"  {n} concurrent, bare base:        {base:7.1f} tokens/s ({base / one:.2f}x of 1; target >= 3x)"
           f"  [{base_tokens} tokens]")

@@ -123,7 +123,7 @@ def main() -> None:
         proc.wait(timeout=60)
     m = describe_machine()
     print(f"\ntunelab serve, {args.model}, {args.tokens} tokens per reply, streaming chat over HTTP")
-    print(f"machine: {machine_line(m)} (AMX {'yes' if m['amx'] else 'no'})")
+    print(f"machine: {machine_line(m)}")
     print(f"{'scenario':<28} {'tok/s':>7}  {'TTFT ms p50/p90/p99':>22}  {'per-token ms p50/p90/p99':>26}")
     for name, r in rows:
         ttft = "/".join(f"{pct(r['ttft'], q):.0f}" for q in (50, 90, 99))
