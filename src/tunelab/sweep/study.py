@@ -236,6 +236,7 @@ def _train_trial(trial, sweep: SweepConfig, base: dict, here: Path, flip: bool, 
 
     from ..config import validate_config
     from ..training.engine import train
+    from ..training.progress import library_output
 
     params = suggest(trial, sweep)
     raw = apply_params(base, params)
@@ -258,7 +259,8 @@ def _train_trial(trial, sweep: SweepConfig, base: dict, here: Path, flip: bool, 
         if not quiet:
             console.note(f"trial {trial.number}: pruned at step {reporter.pruned_at}")
         return TrialState.PRUNED, None
-    value = _objective_value(sweep, run_dir, here)
+    with library_output(console.level()):  # no "Loading weights" bars or deprecation warnings per trial
+        value = _objective_value(sweep, run_dir, here)
     if not quiet:
         console.note(f"trial {trial.number}: {sweep.objective.metric} {value:.4g}")
     return TrialState.COMPLETE, value
