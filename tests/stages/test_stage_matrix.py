@@ -92,3 +92,27 @@ def test_stage_trains_evaluates_loads_and_resumes(stage, tmp_path, reward_run):
     rc, out, err = run_cli("train", config, "train.max_steps=3", "--resume", "--quiet")
     assert rc == 0, err[-3000:]
     assert json.loads((run / "summary.json").read_text())["steps"] == 3
+
+
+@pytest.mark.parametrize("stage", sorted(CASES))
+def test_early_stopping_best_weights_and_tensorboard_on_every_stage(stage, tmp_path, reward_run):
+    """Each stage evaluates every step, stops when its key metric has not improved for one evaluation
+    (min_delta so large that nothing counts as an improvement: the stop must come at step 2 of 6), keeps
+    the best evaluation's weights and logs to TensorBoard in the run directory."""
+    extra = {"reward_model": str(reward_run)} if stage == "rlhf" else {}
+    metric = STAGES[stage].KEY_METRIC
+    config = _config(tmp_path, stage, extra, max_steps=6, eval_steps=1, load_best=True, report_to=["tensorboard"],
+                     early_stopping={"metric": metric, "patience": 1, "min_delta": 1e9})
+    rc, out, err = run_cli("train", config, "--quiet")
+    assert rc == 0, err[-3000:]
+    run = Path(out.strip().splitlines()[-1])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["early_stopped"] is True and summary["steps"] == 2, summary
+    # The best weights are the best evaluation's (min_delta decides only when to stop).
+    evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if metric in r]
+    assert [r["step"] for r in evals] == [1, 2], evals
+    pick = min if metric.endswith(("loss", "perplexity")) else max
+    best = pick(evals, key=lambda r: r[metric])
+    assert summary["best_metric"] == metric and summary["best_step"] == best["step"], summary
+    assert summary["best_value"] == pytest.approx(best[metric])
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*")), "no TensorBoard event file"

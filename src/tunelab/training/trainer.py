@@ -105,9 +105,20 @@ def make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, level
             if not state.is_world_process_zero or not logs:
                 return
             record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
-            if "eval_loss" in record and getattr(stage, "LOSS_IS_NLL", False):
-                record["eval_perplexity"] = math.exp(min(record["eval_loss"], 50))
+            add_perplexity(record)
             rundir.append_jsonl(run_dir / "metrics.jsonl", record)
+
+    def add_perplexity(metrics: dict) -> None:
+        if "eval_loss" in metrics and getattr(stage, "LOSS_IS_NLL", False):
+            metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
+
+    class EvalPerplexity(TrainerCallback):
+        """Put eval_perplexity into each evaluation's metrics (the log record is written before this runs),
+        so early stopping, the best weights and sweep pruning can watch an LM stage's key metric."""
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if metrics is not None:
+                add_perplexity(metrics)
 
     class FiniteLossGuard(TrainerCallback):
         """Before each optimizer step: stop the run if a micro-batch loss was NaN/inf (weights untouched)."""
@@ -232,7 +243,7 @@ def make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, level
         eval_dataset=eval_ds or None,
         data_collator=stage.collate(tokenizer),
         processing_class=tokenizer,
-        callbacks=[MetricsLogger(), FiniteLossGuard(),
+        callbacks=[EvalPerplexity(), MetricsLogger(), FiniteLossGuard(),
                    output_callback(run_dir, f"{cfg.name} ({cfg.stage.name}, {cfg.method.name})", level)],
     )
     trainer.best = None  # train.load_best: the BestWeights callback, read for summary.json
