@@ -141,3 +141,15 @@ def test_two_processes_share_one_study_and_its_trial_budget(tmp_path):
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4
     assert len({t.params["train.lr"] for t in trials}) == 4  # no trial run twice
     assert sorted(p.name for p in (out / "trials").iterdir() if p.is_dir()) == [f"trial-00{i}" for i in range(4)]
+
+
+def test_grid_sampler_visits_every_choice_once_under_successive_halving(tmp_path):
+    files = tiny_world(tmp_path)
+    out = tmp_path / "sweep"
+    lrs = [1e-3, 3e-3]
+    sweep = {"base": base_config(files, max_steps=4, eval_steps=2), "space": {"train.lr": {"choice": lrs}},
+             "objective": {"metric": "eval_loss"}, "trials": 2, "sampler": "grid",
+             "pruner": "successive_halving", "output_dir": str(out)}
+    rows = tunelab.sweep(sweep, quiet=True)["table"]
+    assert len(rows) == 2 and all(r["state"] in ("complete", "pruned") for r in rows), rows
+    assert sorted(t.params["train.lr"] for t in _study(out, load_sweep(sweep)[0].study_name).get_trials()) == lrs

@@ -195,7 +195,8 @@ def run_sweep(sweep: SweepConfig, base: dict, here: Path, quiet: bool = False) -
                 break
             time.sleep(HEARTBEAT_SECONDS)  # another process's trial, or a killed one not yet stale
             continue
-        _run_trial(study, trial, sweep, base, here, flip, quiet)
+        if _run_trial(study, trial, sweep, base, here, flip, quiet):
+            break  # the grid sampler has visited every point
     return out
 
 
@@ -217,7 +218,8 @@ def _flip(sweep: SweepConfig, base: dict) -> bool:
     return lower_better == (sweep.objective.direction == "maximize")
 
 
-def _run_trial(study, trial, sweep: SweepConfig, base: dict, here: Path, flip: bool, quiet: bool) -> None:
+def _run_trial(study, trial, sweep: SweepConfig, base: dict, here: Path, flip: bool, quiet: bool) -> bool:
+    """Run and record one trial; True when the sampler asks the study to stop (a finished grid)."""
     import optuna
     from optuna.storages._heartbeat import get_heartbeat_thread
 
@@ -227,7 +229,15 @@ def _run_trial(study, trial, sweep: SweepConfig, base: dict, here: Path, flip: b
     except BaseException:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         raise
-    study.tell(trial, value, state=state)
+    try:
+        study.tell(trial, value, state=state)
+    except RuntimeError as exc:
+        # GridSampler.after_trial calls study.stop() once the grid is covered, which Optuna allows only
+        # inside study.optimize; the trial's result is stored before that (tell's `finally`).
+        if "Study.stop" not in str(exc):
+            raise
+        return True
+    return False
 
 
 def _train_trial(trial, sweep: SweepConfig, base: dict, here: Path, flip: bool, quiet: bool):
