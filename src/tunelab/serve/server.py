@@ -173,7 +173,11 @@ def serve(options: ServeOptions) -> None:
     sock = bind(options.host, options.port)
     state = watcher = None
     try:
-        state = build_state(options)
+        from ..core import console
+        from ..training.progress import library_output
+
+        with library_output(console.level()):  # no "Loading weights" bars or deprecation warnings at start
+            state = build_state(options)
         app = create_app(state)
         if options.watch is not None:
             watcher = Watcher(state.registry, options.watch, options.watch_interval).start()
