@@ -115,7 +115,7 @@ def _prompt_ids(registry, model: str, prompt) -> list[list[int]]:
 
 def _submit(state, served, body, prompts: list[list[int]], max_tokens: int | None, prompt_param: str) -> list:
     """``n`` engine requests per prompt (seeds seed, seed+1, ... so choices differ), after the budget checks."""
-    from .engine import Sampling
+    from .request import Sampling
 
     n = body.n or 1
     if n * len(prompts) > state.max_n:
