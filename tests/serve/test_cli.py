@@ -53,3 +53,7 @@ def test_bad_input(cli, tmp_path, served_runs):
         port = taken.getsockname()[1]
         _one_error(*cli("serve", served_runs["lora-a"], "--port", port), f"127.0.0.1:{port}", "--port")
     _one_error(*cli("serve", "--base", "no-such-model-anywhere", "--port", "0"))
+
+
+def test_max_jobs_below_one_is_one_error_line(cli):
+    _one_error(*cli("serve", "--base", "tiny-llama", "--max-jobs", "0"), "--max-jobs")
