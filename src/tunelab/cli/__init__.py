@@ -197,11 +197,27 @@ def merge(
     run: Path = typer.Argument(..., help="Finished run directory."),
     out: Path = typer.Argument(..., help="New directory for the merged model."),
 ):
-    """Write RUN as a plain transformers model (method folded into the weights) + tokenizer to OUT."""
+    """Write RUN as a plain transformers model (method folded into the weights) + tokenizer to OUT
+    (the same as `tunelab export RUN --format safetensors --out OUT`)."""
     from ..export.merge import merge_run
 
     print(merge_run(run, out))
 
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="Finished run directory."),
+    fmt: str = typer.Option(..., "--format", help="safetensors (merged transformers model), gguf (llama.cpp) "
+                                                  "or onnx (classifiers, onnxruntime)."),
+    out: Path = typer.Option(..., "--out", help="New (or empty) directory to write."),
+    quant: Optional[str] = typer.Option(None, "--quant", help="gguf: f16 (default) or q8_0."),
+    adapter: bool = typer.Option(False, "--adapter", help="gguf, LoRA runs: write a llama.cpp LoRA adapter "
+                                                         "(applied on the base GGUF) instead of merging."),
+):
+    """Write RUN in FORMAT to OUT, checked against the run before it is kept; prints OUT."""
+    from ..export import ExportOptions, export_run
+
+    print(export_run(run, fmt, out, ExportOptions(quant=quant, adapter=adapter)))
 
 
 @app.command("eval")

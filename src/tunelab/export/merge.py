@@ -1,14 +1,13 @@
 """Export a finished run as a plain transformers model, the method folded into the weights."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from ..core.errors import TunelabError
 from ..core.lazy import no_grad, torch
 from ..methods import METHODS
-from ..runs.directory import check_writable
 from ..runs.open import load, open_run
+from .output import check_new_output, writing
 
 
 def merge_run(run_dir: str | Path, out_dir: str | Path) -> Path:
@@ -17,9 +16,7 @@ def merge_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     info = open_run(run_dir, "merge")
     if info.baseline:
         raise TunelabError(f"merge: {run_dir} is {info.describe}; it has no trained weights to merge")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise TunelabError(f"output {out_dir} already exists and is not an empty directory")
-    check_writable(out_dir)
+    check_new_output(out_dir)
     name = info.config.method.name
     merge = getattr(METHODS[name], "merge", None)
     if merge is None:
@@ -28,15 +25,17 @@ def merge_run(run_dir: str | Path, out_dir: str | Path) -> Path:
                            f"(mergeable: {mergeable}); load the run with tunelab.load instead")
     loaded = load(run_dir)
     model = merge(loaded.model).eval()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:
+    with writing(out_dir):
         model.save_pretrained(out_dir, safe_serialization=True)
         loaded.tokenizer.save_pretrained(out_dir)
         _check_reloads_identically(model, loaded.tokenizer, out_dir, run_dir)
-    except BaseException:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        raise
     return out_dir
+
+
+def export(run_dir: Path, out_dir: Path, options) -> Path:
+    """``tunelab export --format safetensors``: the merged model, as `tunelab merge` writes it."""
+    options.refuse_unused("safetensors")
+    return merge_run(run_dir, out_dir)
 
 
 @no_grad
