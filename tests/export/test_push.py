@@ -186,7 +186,7 @@ def test_unreachable_hub_is_a_one_line_error_and_leaves_nothing(trained_run, cli
                          env=_hub_env(tmp_path, HF_TOKEN="hf_test", HF_HUB_OFFLINE="0",
                                       HF_ENDPOINT=f"http://127.0.0.1:{port}"))
     _one_line_error(code, out, err, "out of reach", f"127.0.0.1:{port}")
-    assert list((tmp_path / "tmp").iterdir()) == []
+    assert not list((tmp_path / "tmp").glob(".tunelab-push-*"))
 
 
 def test_card_names_hub_base_licence_and_datasets(trained_run):
@@ -205,3 +205,68 @@ def test_card_names_hub_base_licence_and_datasets(trained_run):
     assert card.data.datasets == ["someone/chats", "someone/chats-eval"]
     assert {r.dataset_type for r in card.data.eval_results} == {"someone/chats-eval"}
     assert "Q4_1" in card.text  # the bundled base is not bit-for-bit the Hub's: the card says so
+
+
+class _StandInHub:
+    """A stand-in for the Hub's HTTP API (the real one is out of reach in tests), just enough for a push to get
+    as far as the upload, which it refuses (403, as for a read-only token); every request is recorded."""
+
+    def __init__(self, repo_exists: bool):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        hub, self.requests = self, []
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                hub.requests.append((self.command, self.path.split("?")[0]))
+                path, status, body, extra = self.path.split("?")[0], 403, {"error": "stand-in: read-only token"}, {}
+                if path == "/api/whoami-v2":
+                    status, body = 200, {"name": "someone", "type": "user"}
+                elif self.command == "GET" and path == "/api/models/someone/x":
+                    status, body = (200, {"id": "someone/x"}) if repo_exists else (404, {"error": "not found"})
+                    extra = {} if repo_exists else {"X-Error-Code": "RepoNotFound"}
+                elif self.command == "GET" and path.startswith("/api/models/someone/x/tree/"):
+                    status, body = 200, []
+                elif path == "/api/repos/create":
+                    status, body = 200, {"url": f"{hub.url}/someone/x", "name": "someone/x"}
+                elif path == "/api/repos/delete":
+                    status, body = 200, {}
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                for key, value in {"Content-Type": "application/json", "Content-Length": str(len(data)),
+                                   **extra}.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("repo_exists", [False, True])
+def test_a_refused_upload_deletes_the_repo_it_created(trained_run, cli, tmp_path, repo_exists):
+    hub = _StandInHub(repo_exists)
+    try:
+        code, out, err = cli("push", trained_run("sft", "lora"), "someone/x",
+                             env=_hub_env(tmp_path, HF_TOKEN="hf_test", HF_HUB_OFFLINE="0", HF_ENDPOINT=hub.url))
+    finally:
+        hub.close()
+    _one_line_error(code, out, err, "cannot upload to someone/x", "403", notes=True)
+    assert ("POST", "/api/repos/create") in hub.requests
+    assert (("DELETE", "/api/repos/delete") in hub.requests) is not repo_exists  # an existing repo is kept
+    assert not list((tmp_path / "tmp").glob(".tunelab-push-*"))  # the staged folder is gone too

@@ -239,7 +239,9 @@ def _hub_call(call, action: str):
 def _upload(api, folder: Path, repo_id: str, private: bool, run_name: str) -> str:
     """One commit that makes the repo hold exactly ``folder``; a repo this call created is deleted if it fails."""
     existed = _hub_call(lambda: api.repo_exists(repo_id), f"look up {repo_id}")
-    url = _hub_call(lambda: api.create_repo(repo_id, private=private, exist_ok=True), f"create {repo_id}")
+    # private=None, not False: a new repo then gets the owner's default visibility (an org may default to private)
+    url = _hub_call(lambda: api.create_repo(repo_id, private=True if private else None, exist_ok=True),
+                    f"create {repo_id}")
     files = [p for p in folder.rglob("*") if p.is_file()]
     size = sum(p.stat().st_size for p in files) / 2**20
     console.note(f"push: uploading {len(files)} files ({size:.1f} MiB) to {url.repo_id}")
