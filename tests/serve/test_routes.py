@@ -148,3 +148,24 @@ def test_watcher_adds_a_new_finished_run(serve_state, served_runs, tmp_path):
 
 def test_empty_texts_are_refused(http):
     assert _error(http.post("/classify", json={"model": "cls", "input": ["fine", ""]}), 400)["param"] == "input[1]"
+
+
+def test_health_answers_probes_without_the_api_key(serve_state):
+    """GET /health is for container and Kubernetes probes: no key needed, 503 once the engine is not running."""
+    from serve.conftest import ServerThread
+    from tunelab.serve.app import ServerState
+    from tunelab.serve.engine import Engine
+
+    keyed = ServerThread(ServerState(registry=serve_state.registry, engine=serve_state.engine, api_key="s3cret"))
+    stopped = ServerThread(ServerState(registry=serve_state.registry, engine=Engine(serve_state.registry)))
+    try:
+        base = keyed.url.removesuffix("/v1")
+        health = httpx.get(f"{base}/health", timeout=30)
+        assert health.status_code == 200
+        assert health.json() == {"status": "ok", "models": len(serve_state.registry.models())}
+        assert httpx.get(f"{keyed.url}/models", timeout=30).status_code == 401  # every other route keeps the key
+        down = httpx.get(f"{stopped.url.removesuffix('/v1')}/health", timeout=30)
+        assert down.status_code == 503 and down.json()["status"] == "engine stopped"
+    finally:
+        keyed.close()
+        stopped.close()

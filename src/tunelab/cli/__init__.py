@@ -14,6 +14,7 @@ from . import compare as _compare
 from . import serve as _serve
 from .rag import rag_app
 from .baselines import register as register_baselines
+from .push import register as register_push
 from .sweep import register as register_sweep
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -27,6 +28,7 @@ _serve.register(app)  # serve
 app.add_typer(rag_app, name="rag")
 register_baselines(app)  # zeroshot, icl
 register_sweep(app)
+register_push(app)  # push
 
 
 @app.command()

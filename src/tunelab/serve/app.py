@@ -13,6 +13,8 @@ from typing import Any
 
 from .errors import APIError, install, unauthorized
 
+HEALTH_PATH = "/health"  # GET: liveness/readiness for probes, answered without the API key (routes_admin)
+
 MAX_BODY_BYTES = 8 * 1024 * 1024  # JSON requests; file uploads have their own, larger cap
 API_KEY_ENV = "TUNELAB_API_KEY"
 
@@ -51,7 +53,7 @@ class _Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        if self.api_key is not None:
+        if self.api_key is not None and scope.get("path") != HEALTH_PATH:  # probes carry no key
             header = headers.get("authorization", "")
             token = header[7:] if header.lower().startswith("bearer ") else ""
             if not hmac.compare_digest(token.encode(), self.api_key.encode()):

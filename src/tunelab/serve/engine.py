@@ -74,6 +74,11 @@ class Engine:
             self._thread = threading.Thread(target=self._run, name="tunelab-engine", daemon=True)
             self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        """The batching thread is alive (``GET /health`` reports it)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def close(self) -> None:
         self._stopping = True
         self._wake.set()

@@ -113,6 +113,11 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+class Health(BaseModel):
+    status: str  # "ok", or why not
+    models: int  # models served
+
+
 class DeletedModel(BaseModel):
     id: str
     object: Literal["model"] = "model"
