@@ -136,13 +136,17 @@ def test_readme_snippet_runs_on_the_export(exported, monkeypatch, capsys):
 
 
 def test_a_mismatch_keeps_nothing(exported, monkeypatch, tmp_path):
-    """If onnxruntime and PyTorch disagree (here: a tolerance nothing meets), the folder is removed."""
+    """A graph that does not reproduce the run (here: the full run's graph written for the lora run)
+    fails the onnxruntime-vs-PyTorch check, and the folder is removed."""
+    import shutil
+
     from tunelab import TunelabError
     from tunelab.export import onnx_export
 
-    run, _ = exported("tiny-bert", "head")
-    monkeypatch.setattr(onnx_export, "TOLERANCE", -1.0)
-    with pytest.raises(TunelabError, match="differ from PyTorch's"):
+    _, other = exported("tiny-bert", "full")
+    run, _ = exported("tiny-bert", "lora")
+    monkeypatch.setattr(onnx_export, "_save_graph", lambda graph, tok, file, run_dir: shutil.copy(other / "model.onnx", file))
+    with pytest.raises(TunelabError, match="onnxruntime's logits differ from PyTorch's"):
         export_run(run, "onnx", tmp_path / "bad", ExportOptions())
     assert not (tmp_path / "bad").exists()
 
@@ -152,10 +156,12 @@ def test_a_mismatch_keeps_nothing(exported, monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def refused_runs(tmp_path_factory, spam_rows):
-    """Finished runs --format onnx must refuse: prefix- and prompt-tuned classifiers, a reward model."""
+    """Finished runs --format onnx must refuse: prefix- and prompt-tuned classifiers, a reward model, an sft run."""
     root = tmp_path_factory.mktemp("refused")
-    pairs = write_rows(root / "pairs.jsonl", SYNTHETIC_ROWS["preference"])
+    pairs = write_rows(root / "pairs.jsonl", SYNTHETIC_ROWS["preference"])  # SYNTHETIC
+    dolly = write_rows(root / "dolly.jsonl", SYNTHETIC_ROWS["dolly"])  # SYNTHETIC
     return {
+        "sft": _train(root, "tiny-llama", {"name": "sft"}, {"name": "lora", "r": 4, "alpha": 8}, dolly, 64),
         "prefix": _train(root, "tiny-bert", {"name": "classify"}, {"name": "prefix", "num_virtual_tokens": 4}, spam_rows),
         "prompt": _train(root, "tiny-bert", {"name": "classify"}, {"name": "prompt", "num_virtual_tokens": 4}, spam_rows),
         "reward": _train(root, "tiny-bert", {"name": "reward"}, {"name": "head"}, pairs),
@@ -174,13 +180,10 @@ def _refused(cli_here, run, out: Path, *words, extra=()):
     ("prefix", ["method 'prefix'", "cannot export"]),
     ("prompt", ["method 'prompt'", "cannot export"]),
     ("reward", ["a reward run", "classify runs only"]),
+    ("sft", ["a sft run", "causal LM", "--format gguf"]),  # generation runs: GGUF is their format
 ])
 def test_unexportable_runs_are_one_line_errors(refused_runs, cli_here, tmp_path, kind, words):
     _refused(cli_here, refused_runs[kind], tmp_path / "out", *words)
-
-
-def test_generation_run_points_to_gguf(trained_run, cli_here, tmp_path):
-    _refused(cli_here, trained_run("sft", "lora"), tmp_path / "out", "a sft run", "causal LM", "--format gguf")
 
 
 def test_gguf_options_are_refused(exported, cli_here, tmp_path):

@@ -47,7 +47,8 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path) -> Path:
     with library_output(console.level()):  # no "Loading weights" bars or deprecation warnings
         loaded = load(run_dir)
         merge = getattr(METHODS[info.config.method.name], "merge", None)
-        model = (merge(loaded.model) if merge is not None else loaded.model).eval().to("cpu", torch.float32)
+        model = merge(loaded.model) if merge is not None else loaded.model  # adapter: its hooks stay in the graph
+        model = model.eval().to("cpu", torch.float32)  # what onnxruntime's CPU kernels run (a bf16 run widens)
         family(model)  # not a classifier tunelab knows how to pool: a one-line error, nothing written
         graph = _ProbabilityGraph(model)
         with writing(out_dir):
@@ -69,8 +70,8 @@ def _refuse_unsupported(info: RunInfo) -> None:
     if info.stage_name != "classify":
         # A reward model's input is a prompt + response pair in tunelab's own encoding (the chat template,
         # the response keeping half the length budget), which tokenizers alone cannot reproduce.
-        raise TunelabError(f"export: {path} is {info.describe}; --format onnx writes classify runs only "
-                           "(a reward model's prompt+response encoding needs tunelab: use --format safetensors)")
+        raise TunelabError(f"export: {path} is {info.describe}; --format onnx writes classify runs only (a reward "
+                           "model scores prompt+response pairs in tunelab's own encoding; use --format safetensors)")
     name = info.config.method.name
     reason = getattr(METHODS[name], "ONNX_UNSUPPORTED", None)
     if reason:
