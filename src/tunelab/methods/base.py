@@ -7,6 +7,7 @@ A method module exposes:
   - ``load(model, run_dir, cfg) -> model``: rebuild the trained model on a fresh base;
   - optionally ``merge(model) -> model``: fold the method into plain base weights;
   - optionally ``PACKING_UNSUPPORTED = "why"``: the engine then trains on unpacked rows;
+  - optionally ``ONNX_UNSUPPORTED = "why"``: `tunelab export --format onnx` refuses its runs;
   - optionally ``check_stage(stage_module)``: raise if the method cannot serve that stage (before loading).
 The training engine never asks which method it holds.
 """

@@ -23,6 +23,8 @@ from .base import MethodConfig
 # Packed rows rely on transformers' position_ids-based block mask, which it skips when a KV cache
 # (here: the prefix) is present, so packed examples would attend to each other.
 PACKING_UNSUPPORTED = "with a prefix in the KV cache transformers cannot keep packed examples apart"
+# The prefix reaches the attention layers through peft's cache or runtime hooks, not through the weights.
+ONNX_UNSUPPORTED = "its trained key/value prefix is injected into every attention layer at run time, not held in the weights"
 
 
 class Config(MethodConfig):

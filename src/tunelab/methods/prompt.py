@@ -22,6 +22,8 @@ from .base import MethodConfig
 
 # peft drops position_ids for prompt tuning, and the virtual tokens would only lead a packed row.
 PACKING_UNSUPPORTED = "peft ignores position_ids for prompt tuning and prepends the prompt once per row"
+# The trained prompt is prepended by peft around the model (and re-pooled by hooks), not in its weights.
+ONNX_UNSUPPORTED = "its trained virtual tokens are prepended around the model at run time, not held in the weights"
 
 
 class Config(MethodConfig):
