@@ -15,6 +15,7 @@ from ..core.errors import TunelabError
 # format name -> module under tunelab.export (imported only when that format is asked for)
 FORMATS: dict[str, str] = {
     "safetensors": "merge",
+    "gguf": "gguf",
 }
 
 
