@@ -194,7 +194,7 @@ def _add_hparams(writer, config) -> None:
     writer.add_rope_freq_base(float(rope["rope_theta"]))
     writer.add_rope_dimension_count(head_dim)
     writer.add_vocab_size(config.vocab_size)
-    if head_dim != config.hidden_size // n_head:  # llama.cpp assumes hidden/heads otherwise
+    if getattr(config, "head_dim", None):  # as llama.cpp's converter: stated whenever the config states it
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
     if rope.get("rope_type") == "linear":
