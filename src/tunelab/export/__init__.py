@@ -16,6 +16,7 @@ from ..core.errors import TunelabError
 FORMATS: dict[str, str] = {
     "safetensors": "merge",
     "onnx": "onnx_export",
+    "gguf": "gguf",
 }
 
 
