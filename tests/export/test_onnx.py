@@ -17,7 +17,8 @@ from conftest import REPO_ROOT, SYNTHETIC_ROWS, write_rows
 from tunelab.export import ExportOptions, export_run
 
 SPAM = REPO_ROOT / "data" / "spam"
-TINY_BERT_METHODS = ["full", "lora", "head", "adapter", "ia3"]
+TINY_BERT_METHODS = ["full", "freeze", "lora", "head", "adapter", "ia3"]
+METHOD_SETTINGS = {"lora": {"r": 4, "alpha": 8}, "freeze": {"k": 1}}  # small, and freeze keeps a block frozen
 
 
 def _test_texts(n_sms: int = 40, n_email: int = 8) -> list[str]:
@@ -58,7 +59,7 @@ def trained(tmp_path_factory, spam_rows):
 
     def get(model: str, method: str) -> Path:
         if (model, method) not in cache:
-            spec = {"name": method, **({"r": 4, "alpha": 8} if method == "lora" else {})}
+            spec = {"name": method, **METHOD_SETTINGS.get(method, {})}
             cache[(model, method)] = _train(root, model, {"name": "classify"}, spec, spam_rows)
         return cache[(model, method)]
 
