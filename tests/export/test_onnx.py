@@ -17,7 +17,8 @@ from conftest import REPO_ROOT, SYNTHETIC_ROWS, write_rows
 from tunelab.export import ExportOptions, export_run
 
 SPAM = REPO_ROOT / "data" / "spam"
-TINY_BERT_METHODS = ["full", "lora", "head", "adapter", "ia3"]
+TINY_BERT_METHODS = ["full", "freeze", "lora", "head", "adapter", "ia3"]
+METHOD_SETTINGS = {"lora": {"r": 4, "alpha": 8}, "freeze": {"k": 1}}  # small, and freeze keeps a block frozen
 
 
 def _test_texts(n_sms: int = 40, n_email: int = 8) -> list[str]:
@@ -51,16 +52,29 @@ def spam_rows(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, spam_rows):
-    """Factory: (model, method) -> (run dir, exported folder), trained and exported once per module."""
+def trained(tmp_path_factory, spam_rows):
+    """Factory: (model, method) -> a classify run, trained once per module."""
     cache: dict = {}
     root = tmp_path_factory.mktemp("onnx")
 
-    def get(model: str, method: str, stage: dict | None = None):
+    def get(model: str, method: str) -> Path:
         if (model, method) not in cache:
-            spec = {"name": method, **({"r": 4, "alpha": 8} if method == "lora" else {})}
-            run = _train(root, model, stage or {"name": "classify"}, spec, spam_rows)
-            cache[(model, method)] = run, export_run(run, "onnx", root / f"{model}-{method}-onnx")
+            spec = {"name": method, **METHOD_SETTINGS.get(method, {})}
+            cache[(model, method)] = _train(root, model, {"name": "classify"}, spec, spam_rows)
+        return cache[(model, method)]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def exported(trained):
+    """Factory: (model, method) -> (run dir, its ONNX export), exported once per module."""
+    cache: dict = {}
+
+    def get(model: str, method: str):
+        if (model, method) not in cache:
+            run = trained(model, method)
+            cache[(model, method)] = run, export_run(run, "onnx", run.parent / f"{run.name}-onnx")
         return cache[(model, method)]
 
     return get
@@ -87,8 +101,11 @@ def test_onnxruntime_probabilities_equal_tunelabs(exported, method):
     _assert_same_probabilities(run, out, _test_texts())
 
 
-def test_decoder_classifier_exports_too(exported):
-    run, out = exported("tiny-llama", "lora")
+def test_decoder_classifier_exports_too(trained, cli_here, tmp_path):
+    """Through the CLI: stdout is the folder, as for every format."""
+    run, out = trained("tiny-llama", "lora"), tmp_path / "llama-onnx"
+    code, stdout, err = cli_here("export", run, "--format", "onnx", "--out", out)
+    assert code == 0 and stdout == f"{out}\n", err
     _assert_same_probabilities(run, out, _test_texts(24, 4))
     assert json.loads((out / "classifier.json").read_text())["pooling"] == "last"
 
