@@ -7,7 +7,9 @@ A method module exposes:
   - ``load(model, run_dir, cfg) -> model``: rebuild the trained model on a fresh base;
   - optionally ``merge(model) -> model``: fold the method into plain base weights;
   - optionally ``PACKING_UNSUPPORTED = "why"``: the engine then trains on unpacked rows;
-  - optionally ``check_stage(stage_module)``: raise if the method cannot serve that stage (before loading).
+  - optionally ``check_stage(stage_module)``: raise if the method cannot serve that stage (before loading);
+  - optionally ``FP32_BASE = "why"``: the base weights stay fp32 whatever ``train.base_dtype`` says
+    (the others store their frozen weights in bf16 when it says so; trainable ones stay fp32).
 The training engine never asks which method it holds.
 """
 from __future__ import annotations
