@@ -1,6 +1,7 @@
 """Where a training step's time goes: a few tunelab SFT steps under torch.profiler, grouped by kind of work.
 
   python bench/profile_step.py [--precision auto] [--base-dtype auto] [--steps 3] [--warmup 2] [--method lora]
+                               [--threads N]
 
 The steps run through `tunelab.train` itself (the Trainer, the stage's packed data and chunked loss,
 the method as the engine applies it) on the same model and data as bench/train_throughput.py:
@@ -171,12 +172,17 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--rows", type=int, default=1, help="packed rows per micro-batch")
     parser.add_argument("--accum", type=int, default=2, help="micro-batches per optimizer step")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's); 1 keeps figures steady on a machine shared with "
+                             "other jobs, where 2 threads stall on each other at every op")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     import tunelab
     from tunelab.core.machine import machine_line
     from tunelab.models import load_tokenizer, resolve
