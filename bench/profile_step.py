@@ -54,11 +54,11 @@ LOSS = re.compile(r"log_softmax|nll_loss|cross_entropy")
 
 def _group(event, ancestors: list[str], rank: int | None) -> str:
     name = event.name
-    if any(a == "data.collate" for a in ancestors):
+    if name == "data.collate" or "data.collate" in ancestors:  # the collator's Python time, and its ops
         return "data"
     if name.startswith("aten::_foreach_") or any(a.startswith("Optimizer.") for a in ancestors):
         return "optimizer"
-    if name.startswith(("autograd::", "Optimizer.")) or re.search(r"Backward\d*$", name) or name == "data.collate":
+    if name.startswith(("autograd::", "Optimizer.")) or re.search(r"Backward\d*$", name):
         return "framework"
     if ATTENTION.search(name):
         return "attention"
