@@ -50,6 +50,11 @@ class TrainConfig(StrictModel):
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="`auto`: bf16 autocast where it is faster (CUDA with bf16, CPUs with AMX), else fp32."
     )
+    base_dtype: Literal["auto", "fp32", "bf16"] = Field("auto", description=(
+        "Dtype of the frozen base weights of methods that freeze them (lora, ia3, adapter, prefix, prompt, freeze); "
+        "trainable parameters, their gradients and optimizer state stay fp32. `bf16`: half the weight memory and "
+        "no per-step weight casts, the step runs under bf16 autocast; `auto`: bf16 when train.precision makes the "
+        "step compute in bf16, else fp32. Methods full and head always keep fp32."))
     scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after warmup.")
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Share of steps spent warming up linearly.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")

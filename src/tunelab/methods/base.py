@@ -8,7 +8,9 @@ A method module exposes:
   - optionally ``merge(model) -> model``: fold the method into plain base weights;
   - optionally ``PACKING_UNSUPPORTED = "why"``: the engine then trains on unpacked rows;
   - optionally ``ONNX_UNSUPPORTED = "why"``: `tunelab export --format onnx` refuses its runs;
-  - optionally ``check_stage(stage_module)``: raise if the method cannot serve that stage (before loading).
+  - optionally ``check_stage(stage_module)``: raise if the method cannot serve that stage (before loading);
+  - optionally ``FP32_BASE = "why"``: the base weights stay fp32 whatever ``train.base_dtype`` says
+    (the others store their frozen weights in bf16 when it says so; trainable ones stay fp32).
 The training engine never asks which method it holds.
 """
 from __future__ import annotations

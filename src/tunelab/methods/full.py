@@ -7,6 +7,9 @@ from typing import Literal
 from .base import MethodConfig
 
 
+FP32_BASE = "it trains the base weights, and trainable weights stay fp32"
+
+
 class Config(MethodConfig):
     name: Literal["full"] = "full"
 

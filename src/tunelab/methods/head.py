@@ -30,6 +30,10 @@ def check_stage(stage) -> None:
         raise _needs_a_classifier(stage.Config.model_fields["name"].default)
 
 
+# The backbone runs once per example, outside autocast, for fp32 features the cache keeps.
+FP32_BASE = "its backbone runs once per example, in fp32, for the feature cache"
+
+
 class Config(MethodConfig):
     name: Literal["head"] = "head"
     cache_dir: str | None = Field(

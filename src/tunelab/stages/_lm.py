@@ -125,7 +125,9 @@ def _hidden_states_as_logits(head: torch.nn.Module):
 
 
 def _chunk_ce(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = hidden @ weight.t()  # (chunk, V); autocast makes it bf16 where enabled
+    # (chunk, V) in the head weight's dtype: bf16 when the frozen base is stored in bf16. The Trainer's
+    # autocast wraps only the model's forward, not this loss, so the dtypes are matched here.
+    logits = hidden.to(weight.dtype) @ weight.t()
     return F.cross_entropy(logits.float(), targets, reduction="sum")
 
 

@@ -18,7 +18,7 @@ from ..models import DeferredTokenizer, count_params, max_positions, resolve
 from ..runs import directory as rundir
 from ..runs.open import check_links, load_links
 from ..stages import STAGES
-from . import trackers, warm_start
+from . import precision, trackers, warm_start
 from .progress import format_duration, library_output
 
 
@@ -107,13 +107,14 @@ def _train(cfg: RunConfig, *, resume: bool, overwrite: bool, level: str, callbac
     # The data is read and checked before the tokenizer loads; may learn settings (labels).
     train_ds, eval_ds = stage.build_datasets(cfg, DeferredTokenizer(cfg.model))
     _check_eval_settings(cfg, eval_ds)
+    plan = precision.plan(cfg)  # train.precision x train.base_dtype on this hardware; conflicts fail here
     with library_output(level):  # imports transformers: only once the data has passed its checks
-        return _train_checked(cfg, stage, method, checkpoint, train_ds, eval_ds, resume=resume, overwrite=overwrite,
-                              level=level, callbacks=callbacks, tags=tags)
+        return _train_checked(cfg, stage, method, checkpoint, train_ds, eval_ds, plan, resume=resume,
+                              overwrite=overwrite, level=level, callbacks=callbacks, tags=tags)
 
 
-def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds, *, resume: bool, overwrite: bool,
-                   level: str, callbacks: list, tags: dict) -> Path:
+def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds, plan: precision.Plan, *,
+                   resume: bool, overwrite: bool, level: str, callbacks: list, tags: dict) -> Path:
     """Load model -> apply method -> train -> evaluate -> save, on input that passed every check."""
     from transformers import set_seed
 
@@ -127,6 +128,7 @@ def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds,
     model = method.apply(model, cfg.method)
     if cfg.init_from:
         warm_start.load_weights(model, cfg)
+    precision.store_frozen(model, plan.base_dtype)  # bf16: frozen weights only; trainable ones stay fp32
     trainable, total = count_params(model)
     console.note(f"model {cfg.model} | stage {cfg.stage.name} | method {cfg.method.name} | "
                  f"trainable params {trainable:,} / {total:,} ({100 * trainable / total:.2f}%) | "
@@ -142,7 +144,8 @@ def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds,
         from .trainer import make_trainer  # torch and transformers: only once the input has passed every check
 
         trainer = make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, level, links,
-                               resumed_step=int(checkpoint.name.split("-")[-1]) if checkpoint else None)
+                               resumed_step=int(checkpoint.name.split("-")[-1]) if checkpoint else None,
+                               autocast_bf16=plan.autocast_bf16)
         tracking = trackers.callbacks(cfg, run_dir, tags)
         for callback in [*callbacks, *tracking]:
             trainer.add_callback(callback)
@@ -180,6 +183,7 @@ def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds,
             "eval_examples": len(eval_ds),
             "steps": trainer.state.global_step,
             "precision": "bf16" if trainer.args.bf16 else "fp32",
+            "base_dtype": plan.base_dtype,
             "world_size": trainer.args.world_size,
             **batching,
             **distributed,

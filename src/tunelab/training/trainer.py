@@ -15,28 +15,12 @@ import torch
 from ..config import RunConfig
 from ..core.errors import TunelabError
 from ..runs import directory as rundir
+from .precision import use_bf16
 from .progress import output_callback
 
 
-def use_bf16(precision: str) -> bool:
-    """Whether to train under bf16 autocast.
-
-    `auto` picks bf16 only where it is faster: CUDA GPUs with bf16, and CPUs with AMX tiles. CPUs
-    with avx512_bf16 alone can run bf16 but slower than fp32 (measured here: 146 vs 250 GFLOP/s
-    per square matmul, and a LoRA step 1.3x slower; see docs/performance.md), so `auto` stays fp32
-    on them; `bf16` still forces it wherever the hardware supports it.
-    """
-    if torch.cuda.is_available():
-        supported = fast = torch.cuda.is_bf16_supported()
-    else:
-        supported = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        fast = supported and torch.cpu._is_amx_tile_supported()
-    if precision == "bf16" and not supported:
-        raise TunelabError("train.precision=bf16 but this machine has no native bf16 support; use auto or fp32")
-    return precision == "bf16" or (precision == "auto" and fast)
-
-
-def _training_arguments(cfg: RunConfig, run_dir: Path, has_eval: bool):
+def _training_arguments(cfg: RunConfig, run_dir: Path, has_eval: bool, autocast_bf16: bool | None = None):
+    """``autocast_bf16``: the run's precision plan (training/precision.py); None: train.precision alone."""
     from transformers import TrainingArguments
 
     t = cfg.train
@@ -63,7 +47,7 @@ def _training_arguments(cfg: RunConfig, run_dir: Path, has_eval: bool):
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
         save_total_limit=t.save_total_limit,
-        bf16=use_bf16(t.precision),
+        bf16=use_bf16(t.precision) if autocast_bf16 is None else autocast_bf16,
         seed=t.seed,
         data_seed=t.seed,
         report_to=[],  # trackers are added by training/trackers.py, pointed where tunelab keeps things
@@ -92,9 +76,10 @@ def _scale_out_arguments(t) -> dict:
     return extra
 
 
-def make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, level, links, resumed_step=None):
+def make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, level, links, resumed_step=None,
+                 autocast_bf16: bool | None = None):
     """``level``: console output (quiet, normal, verbose; see training/progress.py); ``resumed_step``:
-    the checkpoint's step when resuming."""
+    the checkpoint's step when resuming; ``autocast_bf16``: from the run's precision plan."""
     from transformers import PrinterCallback, Trainer, TrainerCallback
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
@@ -238,7 +223,7 @@ def make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, level
 
     trainer = StageTrainer(
         model=model,
-        args=_training_arguments(cfg, run_dir, bool(eval_ds)),
+        args=_training_arguments(cfg, run_dir, bool(eval_ds), autocast_bf16),
         train_dataset=train_ds,
         eval_dataset=eval_ds or None,
         data_collator=stage.collate(tokenizer),
