@@ -76,7 +76,8 @@ def run_child(script: str, argv: list[str], label: str) -> dict:
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
     if line is None:
         sys.exit(f"{label} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    print(f"  {label}: done in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    # On stderr as each child ends, so a long run that is cut short still leaves its finished rows.
+    print(f"  {label}: done in {time.perf_counter() - started:.0f} s: {line}", file=sys.stderr, flush=True)
     return json.loads(line[len("RESULT "):])
 
 
