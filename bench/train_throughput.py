@@ -1,71 +1,72 @@
-"""Training throughput: the stock TRL SFTTrainer + peft LoRA path vs tunelab, same model and data.
+"""Training throughput, LoRA and full SFT: stock TRL, TRL at its best, and tunelab, same model and data.
 
-Each path runs in its own child process (so peak RSS is its own) on the same machine, one after
-the other; the parent prints one table and the ratios tunelab / stock last.
+Every (method, path) runs in its own child process (so peak RSS is its own), one after the other;
+the parent prints the machine first, then one table, then the ratios last.
 
-  python bench/train_throughput.py [--examples 128] [--max-length 512] [--batch 8]
+  python bench/train_throughput.py [--methods lora,full] [--paths stock,trl-best,tunelab]
+                                   [--examples 128] [--max-length 512]
 
-Both paths: smollm2-135m, LoRA r=16 alpha=32 on all linear layers, the same real instruction
-examples (data/instruct/, natural length spread), max_length 512, one epoch.
-  stock    what a new user writes: SFTTrainer + LoraConfig with default options, bf16=True,
-           8 examples per step (no packing, pad to the longest in each batch, loss on every token)
-  tunelab  its defaults (packing, per-example attention, loss-positions-only LM head, precision
-           auto = fp32 on CPUs without AMX), 1 packed row of max_length per micro-batch x 2
-           accumulated = ~1,024 real tokens per optimizer step (stock: ~1,630 real tokens in
-           ~3,580 slots per step). The two tokenise slightly differently (SmolLM2's template adds
-           a default system prompt under TRL), so compare rates, not totals.
+All paths: smollm2-135m, the same first N real instruction examples (data/instruct/, natural
+length spread), max_length 512, one epoch. Methods: `lora` (r=16, alpha=32, all linear layers,
+dropout 0) and `full` (every weight trains).
+  stock     what a new user writes: SFTTrainer (+ LoraConfig) with default options and bf16=True,
+            8 examples per step, loss on every token. TRL 1.x defaults gradient_checkpointing to
+            True, so stock recomputes activations; no packing, batches padded to their longest.
+  trl-best  SFTTrainer as fast as its options make it on a CPU: packing=True with the 'bfd'
+            strategy and padding_free=True (one flattened row; transformers derives per-example
+            attention from position_ids), gradient_checkpointing=False, the machine's faster
+            dtype (bf16 autocast or fp32: the higher of the two matmul peaks the parent measured
+            is passed to the child), prompt-completion data so the loss is on the responses only,
+            as tunelab's. 1 packed row of <= max_length per micro-batch x 2 accumulated.
+  tunelab   its defaults (packing, per-example attention, LM head on loss positions only,
+            precision auto = fp32 on CPUs without AMX), 1 packed row x 2 accumulated.
+trl-best and tunelab therefore see ~1,024 token slots per optimizer step; stock sees 8 examples.
+The tokenisations differ (TRL renders SmolLM2's default system prompt, tunelab does not), so
+useful-token totals differ for the same examples: compare the wall time on the same examples
+(`train s`) as well as the rates.
 
 Figures:
-  useful tok/s  non-padding tokens processed per second of training
+  useful tok/s  non-padding tokens processed per second of training (trainer.train() only)
   padding       share of batch slots that were padding
   loss tok      positions that carried loss
-  peak RSS      the child process's maximum resident set size
-  GFLOP/s       achieved: 4 FLOPs per frozen linear weight per token (forward + input-gradient
-                backward) for the transformer body on every real token, and for the LM head on
-                every position it was evaluated at (stock: all slots, padding included; tunelab:
-                loss positions only); attention and LoRA's own small matmuls not counted
-  /bf16 pk, /fp32 pk  that as a share of the best square-matmul FLOP/s measured here per dtype
+  train s       wall time of trainer.train() over the same N examples
+  total s       the child's whole life: imports, model load, tokenising, training, saving
+  peak RSS      the child process's maximum resident set size (VmHWM)
+  GFLOP/s       achieved, counting only the linear layers: per real token, 4 FLOPs per frozen
+                weight (forward + input-gradient backward; LoRA) or 6 per trained weight (+ the
+                weight gradient; full) for the body, and the same per LM-head weight at every
+                position the head was evaluated at (TRL's fused head on CPU scores every slot,
+                padding included; tunelab's only loss positions). Attention, LoRA's own small
+                matmuls and activation recomputation are not counted.
+  /peak         that as a share of the faster dtype's measured square-matmul peak
+  load          the 1-minute load average when the child finished (2 means both cores busy)
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import REPO, emit, machine_report, ratio, run_child
+
 DATA = [REPO / "data/instruct/dolly_subset.jsonl", REPO / "data/instruct/self_instruct_human.jsonl"]
+PATHS = ("stock", "trl-best", "tunelab")
+METHODS = ("lora", "full")
+TARGETS = {"lora": {"tps": 3.0, "wall": 0.33, "rss": 0.75}, "full": {"tps": 2.0}}  # tunelab vs trl-best
 
 
-def _examples(n: int) -> list[dict]:
-    rows = [json.loads(line) for path in DATA for line in path.read_text().splitlines()]
-    rows = rows[:n]
-    return [{"messages": [{"role": "user", "content": r["instruction"] + (f"\n\n{r['context']}" if r.get("context") else "")},
-                          {"role": "assistant", "content": r["response"]}]} for r in rows]
+def _rows(n: int) -> list[dict]:
+    rows = [json.loads(line) for path in DATA for line in path.read_text().splitlines()][:n]
+    return [{"user": r["instruction"] + (f"\n\n{r['context']}" if r.get("context") else ""), "assistant": r["response"]}
+            for r in rows]
 
 
-def _peak_rss_mb() -> float:
-    from tunelab.training.engine import peak_rss_mb  # VmHWM: not the spawning parent's peak
-
-    return peak_rss_mb()
-
-
-def matmul_peak_flops(dtype_name: str, size: int = 2048, reps: int = 10) -> float:
-    """Best square-matmul FLOP/s on this machine in one dtype, all threads."""
-    import torch
-
-    dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    best = 0.0
-    for _ in range(reps):
-        start = time.perf_counter()
-        a @ b
-        best = max(best, 2 * size**3 / (time.perf_counter() - start))
-    return best
+def _messages(rows: list[dict]) -> list[dict]:
+    return [{"messages": [{"role": "user", "content": r["user"]}, {"role": "assistant", "content": r["assistant"]}]}
+            for r in rows]
 
 
 def linear_weights(model_dir: str) -> tuple[int, int]:
@@ -80,13 +81,13 @@ def linear_weights(model_dir: str) -> tuple[int, int]:
     return body, head
 
 
-# --------------------------------------------------------------------------- the two paths
+# --------------------------------------------------------------------------- the paths (run in a child)
 
 
-def run_stock(args) -> dict:
+def run_trl(args, best: bool) -> dict:
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     from tunelab.models import resolve
@@ -94,31 +95,41 @@ def run_stock(args) -> dict:
     model_dir = resolve("smollm2-135m")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
+    rows = _rows(args.examples)
+    common = dict(output_dir=tempfile.mkdtemp(), max_length=args.max_length, num_train_epochs=1, report_to=[],
+                  save_strategy="no", logging_steps=10, use_cpu=True, disable_tqdm=True,
+                  learning_rate=2e-4 if args.method == "lora" else 2e-5)
+    if best:
+        config = SFTConfig(**common, per_device_train_batch_size=1, gradient_accumulation_steps=2,
+                           packing=True, packing_strategy="bfd", padding_free=True, gradient_checkpointing=False,
+                           bf16=args.dtype == "bf16")
+        data = [{"prompt": [{"role": "user", "content": r["user"]}],
+                 "completion": [{"role": "assistant", "content": r["assistant"]}]} for r in rows]
+    else:  # stock: TRL's defaults (gradient checkpointing on), bf16 as the issue's user set it
+        config = SFTConfig(**common, per_device_train_batch_size=args.batch, bf16=True)
+        data = _messages(rows)
+    peft_config = (LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+                   if args.method == "lora" else None)
+    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(data), processing_class=tokenizer,
+                         peft_config=peft_config)
     counts = {"real": 0, "slots": 0, "loss": 0}
-
-    out = tempfile.mkdtemp()
-    config = SFTConfig(output_dir=out, max_length=args.max_length, per_device_train_batch_size=args.batch,
-                       num_train_epochs=1, bf16=True, report_to=[], save_strategy="no", logging_steps=5,
-                       use_cpu=True, disable_tqdm=True)
-    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(_examples(args.examples)),
-                         processing_class=tokenizer,
-                         peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
     collate = trainer.data_collator
 
     def counting_collator(batch):
-        out_batch = collate(batch)
-        counts["real"] += int(out_batch["attention_mask"].sum()) if "attention_mask" in out_batch else out_batch["input_ids"].numel()
-        counts["slots"] += out_batch["input_ids"].numel()
-        counts["loss"] += int((out_batch["labels"] != -100).sum())
-        return out_batch
+        out = collate(batch)
+        counts["real"] += int(out["attention_mask"].sum()) if "attention_mask" in out else out["input_ids"].numel()
+        counts["slots"] += out["input_ids"].numel()
+        counts["loss"] += int((out["labels"] != -100).sum())
+        return out
 
-    trainer.data_collator = counting_collator
+    trainer.data_collator = counting_collator  # after construction: padding-free refuses a collator passed in
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    # The stock model computes logits for every position it is given, padding included.
     return {"seconds": seconds, "useful_tokens": counts["real"], "padding": 1 - counts["real"] / counts["slots"],
-            "loss_tokens": counts["loss"], "head_tokens": counts["slots"], "model_dir": model_dir}
+            "loss_tokens": counts["loss"], "head_tokens": counts["slots"], "model_dir": model_dir,
+            "dtype": "bf16" if config.bf16 else "fp32", "steps": trainer.state.global_step,
+            "gradient_checkpointing": bool(config.gradient_checkpointing)}
 
 
 def run_tunelab(args) -> dict:
@@ -127,14 +138,15 @@ def run_tunelab(args) -> dict:
 
     work = Path(tempfile.mkdtemp())
     data = work / "train.jsonl"
-    data.write_text("".join(json.dumps(e) + "\n" for e in _examples(args.examples)))
+    data.write_text("".join(json.dumps(e) + "\n" for e in _messages(_rows(args.examples))))
+    method = ({"name": "lora", "r": 16, "alpha": 32, "target_modules": "all-linear"} if args.method == "lora"
+              else {"name": "full"})
     config = {
-        "name": "bench", "model": "smollm2-135m", "stage": "sft",
-        "method": {"name": "lora", "r": 16, "alpha": 32, "target_modules": "all-linear"},
+        "name": "bench", "model": "smollm2-135m", "stage": "sft", "method": method,
         "data": {"train": str(data), "eval_fraction": 0.0},
         "train": {"epochs": 1, "batch_size": args.tunelab_rows, "grad_accum": args.tunelab_accum,
-                  "max_length": args.max_length, "save_steps": 0,
-                  "logging_steps": 5, "eval_before": False},
+                  "max_length": args.max_length, "save_steps": 0, "logging_steps": 10, "eval_before": False,
+                  "lr": 2e-4 if args.method == "lora" else 2e-5},
         "output_dir": str(work / "runs"),
     }
     run_dir = tunelab.train(config, args.tunelab_set, quiet=True)  # --tunelab-set: e.g. train.precision=fp32
@@ -142,64 +154,89 @@ def run_tunelab(args) -> dict:
     return {"seconds": summary["train_seconds"], "useful_tokens": summary["batched_tokens"],
             "padding": summary["padding_fraction"], "loss_tokens": summary["loss_tokens"],
             # the chunked loss evaluates the LM head only at loss-bearing positions
-            "head_tokens": summary["loss_tokens"], "model_dir": resolve("smollm2-135m")}
+            "head_tokens": summary["loss_tokens"], "model_dir": resolve("smollm2-135m"),
+            "dtype": summary["precision"], "steps": summary["steps"], "gradient_checkpointing": False}
 
 
-def child(path: str, args) -> None:
-    result = (run_stock if path == "stock" else run_tunelab)(args)
-    result["peak_rss_mb"] = _peak_rss_mb()
-    print("RESULT " + json.dumps(result), flush=True)
+def child(args) -> None:
+    started = time.perf_counter()
+    result = run_tunelab(args) if args.child == "tunelab" else run_trl(args, best=args.child == "trl-best")
+    emit(result, started)
+
+
+# --------------------------------------------------------------------------- the parent
+
+
+def _table(results: dict, peaks: dict, fastest: str) -> dict:
+    body, head = linear_weights(next(iter(results.values()))["model_dir"])
+    print(f"{'method':<6} {'path':<9} {'dtype':<5} {'useful tok/s':>12} {'padding':>8} {'useful tok':>10} "
+          f"{'loss tok':>9} {'train s':>8} {'total s':>8} {'peak RSS MB':>12} {'GFLOP/s':>8} {'/peak':>6} {'load':>5}")
+    rows = {}
+    for (method, path), r in results.items():
+        per_weight = 4 if method == "lora" else 6  # frozen: forward + input grad; trained: + weight grad
+        achieved = per_weight * (body * r["useful_tokens"] + head * r["head_tokens"]) / r["seconds"]
+        rows[method, path] = {"tps": r["useful_tokens"] / r["seconds"], "wall": r["seconds"],
+                              "rss": r["peak_rss_mb"], "flops": achieved}
+        print(f"{method:<6} {path:<9} {r['dtype']:<5} {rows[method, path]['tps']:>12.1f} {r['padding']:>8.1%} "
+              f"{r['useful_tokens']:>10} {r['loss_tokens']:>9} {r['seconds']:>8.1f} {r['process_seconds']:>8.1f} "
+              f"{r['peak_rss_mb']:>12.0f} {achieved / 1e9:>8.1f} {achieved / peaks[fastest]:>6.1%} {r['load_end']:>5.1f}")
+    return rows
+
+
+def _ratios(rows: dict, methods: list[str], examples: int) -> None:
+    for method in methods:
+        mine = rows.get((method, "tunelab"))
+        for other in ("trl-best", "stock"):
+            theirs = rows.get((method, other))
+            if mine is None or theirs is None:
+                continue
+            targets = TARGETS.get(method, {}) if other == "trl-best" else {}
+            note = lambda key, sign: f" (target {sign} {targets[key]}x)" if key in targets else ""  # noqa: E731
+            print(f"ratios {method} tunelab/{other}: useful tok/s {ratio(mine['tps'], theirs['tps'])}{note('tps', '>=')}, "
+                  f"wall time on the same {examples} examples {ratio(mine['wall'], theirs['wall'])}{note('wall', '<=')}, "
+                  f"peak RSS {ratio(mine['rss'], theirs['rss'])}{note('rss', '<=')}, "
+                  f"achieved FLOP/s {ratio(mine['flops'], theirs['flops'])}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default="lora,full", help="comma-separated: lora, full")
+    parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated: stock, trl-best, tunelab")
     parser.add_argument("--examples", type=int, default=128)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--batch", type=int, default=8, help="examples per optimizer step (stock path)")
     parser.add_argument("--tunelab-rows", type=int, default=1, help="packed rows of max_length per micro-batch")
     parser.add_argument("--tunelab-accum", type=int, default=2, help="micro-batches per optimizer step")
-    parser.add_argument("--paths", default="stock,tunelab", help="which paths to run (ratios need both)")
+    parser.add_argument("--trl-dtype", choices=["auto", "bf16", "fp32"], default="auto",
+                        help="trl-best's dtype (auto: the higher measured matmul peak)")
     parser.add_argument("--tunelab-set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra tunelab config override (repeatable)")
-    parser.add_argument("--child", choices=["stock", "tunelab"])
+    parser.add_argument("--child", choices=PATHS)
+    parser.add_argument("--method", choices=METHODS, default="lora")
+    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="fp32")
     args = parser.parse_args()
     if args.child:
-        child(args.child, args)
+        child(args)
         return
+    methods, paths = args.methods.split(","), args.paths.split(",")
+    unknown = [m for m in methods if m not in METHODS] + [p for p in paths if p not in PATHS]
+    if unknown:
+        sys.exit(f"error: unknown method or path {unknown[0]!r} (methods: {', '.join(METHODS)}; paths: {', '.join(PATHS)})")
 
+    machine = machine_report()
+    dtype = machine["fastest"] if args.trl_dtype == "auto" else args.trl_dtype
+    print(f"examples {args.examples}, max_length {args.max_length}; trl-best dtype {dtype}", flush=True)
     results = {}
-    for path in args.paths.split(","):
-        command = [sys.executable, __file__, "--child", path, "--examples", str(args.examples),
-                   "--max-length", str(args.max_length), "--batch", str(args.batch),
-                   "--tunelab-rows", str(args.tunelab_rows), "--tunelab-accum", str(args.tunelab_accum)]
-        command += [f"--tunelab-set={override}" for override in args.tunelab_set]
-        proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if line is None:
-            sys.exit(f"{path} path failed:\n{proc.stderr[-3000:]}")
-        results[path] = json.loads(line[len("RESULT "):])
-
-    peaks = {name: matmul_peak_flops(name) for name in ("bfloat16", "float32")}
-    body, head = linear_weights(next(iter(results.values()))["model_dir"])
-    print(f"examples {args.examples}, max_length {args.max_length}; square-matmul peak: "
-          f"bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s, fp32 {peaks['float32'] / 1e9:.0f} GFLOP/s")
-    print(f"{'path':<10} {'useful tok/s':>12} {'padding':>8} {'loss tok':>9} {'peak RSS MB':>12} {'GFLOP/s':>8} "
-          f"{'/bf16 pk':>9} {'/fp32 pk':>9} {'train s':>8}")
-    rows = {}
-    for path, r in results.items():
-        # Frozen weights need forward + input-gradient backward: 4 FLOPs per weight per token.
-        flops = 4 * (body * r["useful_tokens"] + head * r["head_tokens"])
-        achieved = flops / r["seconds"]
-        rows[path] = {"tps": r["useful_tokens"] / r["seconds"], "rss": r["peak_rss_mb"], "flops": achieved}
-        print(f"{path:<10} {rows[path]['tps']:>12.1f} {r['padding']:>8.1%} {r['loss_tokens']:>9} "
-              f"{r['peak_rss_mb']:>12.0f} {achieved / 1e9:>8.1f} {achieved / peaks['bfloat16']:>9.1%} "
-              f"{achieved / peaks['float32']:>9.1%} {r['seconds']:>8.1f}")
-    print("RESULTS " + json.dumps(results))
-    if len(rows) < 2:
-        return
-    print(f"ratios tunelab/stock: useful tokens/s {rows['tunelab']['tps'] / rows['stock']['tps']:.2f}x, "
-          f"peak RSS {rows['tunelab']['rss'] / rows['stock']['rss']:.2f}x, "
-          f"achieved FLOP/s {rows['tunelab']['flops'] / rows['stock']['flops']:.2f}x")
+    for method in methods:
+        for path in paths:
+            argv = ["--child", path, "--method", method, "--dtype", dtype, "--examples", str(args.examples),
+                    "--max-length", str(args.max_length), "--batch", str(args.batch),
+                    "--tunelab-rows", str(args.tunelab_rows), "--tunelab-accum", str(args.tunelab_accum),
+                    *[f"--tunelab-set={override}" for override in args.tunelab_set]]
+            results[method, path] = run_child(__file__, argv, f"{method} {path}")
+    rows = _table(results, machine["peaks"], machine["fastest"])
+    print("RESULTS " + json.dumps({f"{m} {p}": r for (m, p), r in results.items()}))
+    _ratios(rows, methods, args.examples)
 
 
 if __name__ == "__main__":
