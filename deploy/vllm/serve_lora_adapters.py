@@ -35,6 +35,11 @@ from pathlib import Path
 
 import yaml
 
+SRC = Path(__file__).resolve().parents[2] / "src"  # this checkout's tunelab, for both import and `tunelab serve`
+sys.path.insert(0, str(SRC))
+from tunelab.core.errors import TunelabError  # noqa: E402
+from tunelab.models.loading import resolve  # noqa: E402
+
 DEFAULT_PROMPTS = ["What is the capital of France?", "Give me three tips for sleeping well.",
                    "Write a haiku about the sea."]
 # vLLM accepts only these values for --max-lora-rank (vllm/config/lora.py, MaxLoRARanks); default 16.
@@ -180,14 +185,10 @@ def main() -> int:
         if max_lora_rank is None:
             raise Failure(f"LoRA rank {rank} is above vLLM's largest --max-lora-rank ({VLLM_LORA_RANKS[-1]})")
 
-        src = str(Path(__file__).resolve().parents[2] / "src")  # this checkout's tunelab, for both import and serve
-        sys.path.insert(0, src)
-        from tunelab.models.loading import resolve
-
         base_dir = resolve(model)
         if not Path(base_dir).is_dir():
             raise Failure(f"base model {model!r} resolves to {base_dir!r}, not a local directory")
-        python_path = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
+        python_path = os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": python_path}
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on CPU; vLLM's default takes far more
 
@@ -220,7 +221,7 @@ def main() -> int:
                                          args.request_timeout)
                 replies[name, i] = ours
                 rows.append((name, i, ours == theirs, ours_prompt, theirs_prompt, ours, theirs))
-    except Failure as exc:
+    except (Failure, TunelabError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
