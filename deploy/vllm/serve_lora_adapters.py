@@ -91,6 +91,8 @@ def post(url: str, body: dict, timeout: float) -> dict:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
         raise Failure(f"POST {url} -> {exc.code}: {exc.read().decode(errors='replace')[:400]}") from None
+    except (urllib.error.URLError, OSError) as exc:  # TimeoutError is an OSError
+        raise Failure(f"POST {url} ({body['model']}): no reply within {timeout:.0f} s ({exc})") from None
 
 
 def chat(base_url: str, model: str, prompt: str, max_tokens: int, timeout: float) -> tuple[str, int]:
@@ -171,6 +173,8 @@ def main() -> int:
     args = parser.parse_args()
     prompts = args.prompts or DEFAULT_PROMPTS
     started = Started()
+    # a SIGTERM (e.g. from `timeout`) unwinds through the finally below, so the servers are stopped too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         runs = [read_run(spec) for spec in args.runs]
         names = [run["name"] for run in runs]
