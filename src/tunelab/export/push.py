@@ -77,8 +77,7 @@ def plan(info, merged: bool) -> str:
     """ADAPTER or MODEL for run ``info`` (a one-line error when neither can go up), before anything loads."""
     path, name = info.path, None if info.baseline else info.config.method.name
     if info.baseline:
-        raise TunelabError(f"push: {path} is {info.describe}; it has no trained weights to push "
-                           "(push the model it prompts instead)")
+        raise TunelabError(f"push: {path} is {info.describe}; it has no trained weights to push")
     mergeable = hasattr(METHODS[name], "merge")
     if info.model_kind != CAUSAL_LM:
         raise TunelabError(f"push: run {path} is {info.describe}: tunelab's classifier (a head with a bias, its own "
@@ -95,7 +94,7 @@ def plan(info, merged: bool) -> str:
                                f"(mergeable: {can}); push its adapter without --merged")
         return MODEL
     if not _peft_adapter(path):
-        if mergeable:  # full, freeze, head: the weights already are a plain transformers model
+        if mergeable:  # full, freeze: the weights already are a plain transformers model
             return MODEL
         raise TunelabError(f"push: run {path} (method '{name}') has no peft adapter and cannot be merged")
     if _built_on_another_run(info):
