@@ -270,3 +270,31 @@ def test_a_refused_upload_deletes_the_repo_it_created(trained_run, cli, tmp_path
     assert ("POST", "/api/repos/create") in hub.requests
     assert (("DELETE", "/api/repos/delete") in hub.requests) is not repo_exists  # an existing repo is kept
     assert not list((tmp_path / "tmp").glob(".tunelab-push-*"))  # the staged folder is gone too
+
+
+@pytest.fixture(scope="module")
+def classify_run(tmp_path_factory):
+    """Factory: a tiny-llama classify run with `method`, trained once per module through the CLI."""
+    from conftest import SYNTHETIC_ROWS, run_cli, tiny_config, write_config, write_rows
+
+    root, made = tmp_path_factory.mktemp("classify"), {}
+
+    def get(method: str):
+        if method not in made:
+            data = write_rows(root / "cls.jsonl", SYNTHETIC_ROWS["classification"])
+            config = write_config(root / f"{method}.yaml", tiny_config("classify", method, data, root / "runs"))
+            code, out, err = run_cli("train", config, "--quiet")
+            assert code == 0, err[-3000:]
+            made[method] = out.strip().splitlines()[-1]
+        return made[method]
+
+    return get
+
+
+def test_classifier_runs_are_refused_with_the_reason(classify_run, cli_here, tmp_path):
+    """head (classify only) and any classify/reward run: no stock transformers class reproduces tunelab's head."""
+    run = classify_run("head")
+    for extra in ((), ("--merged",)):
+        _one_line_error(*cli_here("push", run, "someone/x", *extra, "--dry-run", tmp_path / "dry"),
+                        "classify run", "stock transformers", "tunelab serve")
+        assert not (tmp_path / "dry").exists()

@@ -24,7 +24,7 @@ def push(
     license: Optional[str] = typer.Option(None, "--license", help="Licence in the card's metadata (default: the base "
                                                                   "model's, where tunelab knows it; else 'other')."),
 ):
-    """Upload RUN to the Hub: the peft adapter (or, --merged / full / freeze / head, the model), the tokenizer and
+    """Upload RUN to the Hub: the peft adapter (or, --merged / full / freeze, the model), the tokenizer and
     a model card with the run's evaluation results. The token is HF_TOKEN or the stored login. Prints the URL."""
     from ..export.push import push_run
 

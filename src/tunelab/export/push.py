@@ -4,11 +4,13 @@ What goes up depends on the method:
 
 - peft methods (lora, ia3, prefix, prompt) on a language model: the run's saved adapter (peft format) by
   default; ``merged=True`` (lora, ia3) the model with the adapter folded in;
-- full, freeze and head: the model itself (they have no adapter; their weights are plain transformers weights);
+- full and freeze: the model itself (they have no adapter; their weights are plain transformers weights);
 - the bottleneck ``adapter`` method: refused — its adapters are tunelab's own modules, which neither peft nor
   transformers loads and which do not fold into plain weights (serve the run with `tunelab serve` instead);
-- a peft adapter on a classifier (classify, reward) or on a model built from another run (dpo/rlhf with
-  ``stage.policy``) needs more than the stock base to load, so those go up ``merged``.
+- classifiers (classify, reward; so every ``head`` run): refused — tunelab's head has a bias and its own
+  pooling, which stock ``*ForSequenceClassification`` models lack, so no stock load reproduces the run;
+- a peft adapter on a model built from another run (dpo/rlhf with ``stage.policy``) does not reproduce the
+  run on the plain base, so those go up ``merged``.
 
 Every upload also holds the tokenizer, a model card (README.md, see ``card.py``) and the run's
 ``config.yaml`` and ``summary.json`` under ``tunelab/``. The folder is written and checked (stock
@@ -75,9 +77,12 @@ def plan(info, merged: bool) -> str:
     """ADAPTER or MODEL for run ``info`` (a one-line error when neither can go up), before anything loads."""
     path, name = info.path, None if info.baseline else info.config.method.name
     if info.baseline:
-        raise TunelabError(f"push: {path} is {info.describe}; it has no trained weights to push "
-                           "(push the model it prompts instead)")
+        raise TunelabError(f"push: {path} is {info.describe}; it has no trained weights to push")
     mergeable = hasattr(METHODS[name], "merge")
+    if info.model_kind != CAUSAL_LM:
+        raise TunelabError(f"push: run {path} is {info.describe}: tunelab's classifier (a head with a bias, its own "
+                           "pooling) has no form that stock transformers loads with the run's outputs, so it is not "
+                           "pushed; serve it with `tunelab serve` (POST /v1/classify) or the container in docs/deploy.md")
     if name == "adapter":
         raise TunelabError(f"push: run {path} uses method 'adapter' (bottleneck adapters), tunelab's own modules: "
                            "neither peft nor transformers loads them and they do not fold into plain weights; "
@@ -89,13 +94,9 @@ def plan(info, merged: bool) -> str:
                                f"(mergeable: {can}); push its adapter without --merged")
         return MODEL
     if not _peft_adapter(path):
-        if mergeable:  # full, freeze, head: the weights already are a plain transformers model
+        if mergeable:  # full, freeze: the weights already are a plain transformers model
             return MODEL
         raise TunelabError(f"push: run {path} (method '{name}') has no peft adapter and cannot be merged")
-    if info.model_kind != CAUSAL_LM:
-        raise TunelabError(f"push: run {path} is {info.describe}: its adapter needs tunelab's classifier head to "
-                           f"load, so push the whole classifier with --merged"
-                           + ("" if mergeable else f" (method '{name}' cannot be merged: serve it with `tunelab serve`)"))
     if _built_on_another_run(info):
         raise TunelabError(f"push: run {path} was trained on top of run {_built_on_another_run(info)} "
                            "(stage.policy), not on the plain base, so its adapter alone does not reproduce it; "
