@@ -13,11 +13,12 @@ WORKDIR /app
 
 # Exactly the locked versions, with --no-deps, as `make install` does. torch comes first and from PyTorch's
 # CPU index: on PyPI, torch==2.13.0 for Linux is the CUDA build, which pulls gigabytes of nvidia-* wheels that
-# a CPU server never uses (the lock's `torch==2.13.0` matches the CPU wheel's 2.13.0+cpu).
+# a CPU server never uses (the lock's `torch==2.13.0` matches the CPU wheel's 2.13.0+cpu). llama-cpp-python is
+# left out: only the tests use it (to check GGUF exports), and it is source-only, needing a compiler the slim image lacks.
 COPY requirements.lock ./
 RUN pip install --no-cache-dir --no-deps --index-url https://download.pytorch.org/whl/cpu \
         "torch==$(sed -n 's/^torch==//p' requirements.lock)" \
-    && grep -v '^torch==' requirements.lock > /tmp/no-torch.lock \
+    && grep -v -e '^torch==' -e '^llama[-_]cpp[-_]python==' requirements.lock > /tmp/no-torch.lock \
     && pip install --no-cache-dir --no-deps -r /tmp/no-torch.lock \
     && rm /tmp/no-torch.lock
 
