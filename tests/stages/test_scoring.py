@@ -144,3 +144,29 @@ def test_reward_eval_equals_the_metered_pairwise_loss(tmp_path):
     plain = _plain_logits(model, [e["input_ids"] for e in examples], tokenizer.pad_token_id)[:, 0]
     assert torch.allclose(torch.tensor(scores), plain, atol=TOL)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_summed_nll_packed_and_merged_equals_padded_batches_of_the_adapter():
+    from types import SimpleNamespace
+
+    from conftest import SYNTHETIC_ROWS
+    from tunelab.data.tokenize import encode_chat
+    from tunelab.stages import _lm
+
+    base, tokenizer = _lm.build_lm(SimpleNamespace(model="tiny-llama"))
+    model = _with_trained_lora(base)
+    examples = [encode_chat(tokenizer, row["messages"] * (1 + i % 3), 64) for i, row in
+                enumerate(SYNTHETIC_ROWS["openai"])]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    total, tokens = _lm.summed_nll(model, tokenizer, examples, batch_size=3)
+
+    collate, expected, count = _lm.PadCollator(tokenizer.pad_token_id), 0.0, 0  # file order, padded, unmerged
+    with torch.no_grad():
+        for start in range(0, len(examples), 3):
+            batch = collate(examples[start:start + 3])
+            n = int((batch["labels"][:, 1:] != -100).sum())
+            loss, _ = _lm.causal_lm_loss(model, batch, num_items_in_batch=n)
+            expected, count = expected + float(loss) * n, count + n
+    assert tokens == count
+    assert total == pytest.approx(expected, rel=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
