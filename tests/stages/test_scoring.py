@@ -78,12 +78,13 @@ def test_classifier_logits_equal_the_padded_forward(spec, tiny_tokenizer):
         assert _scoring.can_pack(model)  # the decoder really took the packed path
 
 
-@pytest.mark.parametrize("method", ["lora", "ia3"])
-def test_merged_copy_scores_like_the_adapter_and_leaves_the_run_model_unchanged(method):
+@pytest.mark.parametrize("spec,method", [("tiny-llama", "lora"), ("tiny-llama", "ia3"), ("tiny-bert", "lora")])
+def test_merged_copy_scores_like_the_adapter_and_leaves_the_run_model_unchanged(spec, method):
+    """tiny-bert: the copy's mean pooler must get the copy's attention mask (padding is left out)."""
     from peft import PeftModel
 
     torch.manual_seed(0)
-    base, tokenizer = build_classifier("tiny-llama", ["reward"], head_dropout=0.0)
+    base, tokenizer = build_classifier(spec, ["reward"], head_dropout=0.0)
     model = _with_trained_lora(base, method)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     sequences = _sequences(tokenizer)
