@@ -253,25 +253,28 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     tasks = args.tasks.split(",")
     results: list[dict] = []
+
+    def show(rows: list[dict]) -> None:  # each task's rows as soon as they are measured
+        for r in rows:
+            achieved = r["flops"] / r["s"]
+            print(f"{r['task']:<24} {r['path']:<14} {r['n']:>5} {r['tokens']:>7} {r['s']:>7.2f} {r['n'] / r['s']:>7.2f} "
+                  f"{r['tokens'] / r['s']:>8.0f} {achieved / 1e9:>8.1f} {achieved / peak['fp32']:>8.1%} "
+                  f"{achieved / peak['bf16']:>8.1%}  {r['note']}", flush=True)
+        results.extend(rows)
+
+    print(f"{'task':<24} {'path':<14} {'seqs':>5} {'tokens':>7} {'s':>7} {'seq/s':>7} {'tok/s':>8} {'GFLOP/s':>8} "
+          f"{'/fp32 pk':>8} {'/bf16 pk':>8}  notes", flush=True)
     if "reward" in tasks:
         run = ensure_run(root, f"reward-{args.reward_model}", _config(
             "reward", args.reward_model, str(REPO / "data/preference/hh_helpful_train.jsonl"), root, 256))
-        results += bench_reward(run, args)
+        show(bench_reward(run, args))
     if "classify" in tasks:
         for name in args.classifiers.split(","):
             run = ensure_run(root, f"classify-{name}", _config("classify", name, str(SPAM_TRAIN), root, 256))
-            results += bench_classify(run, name, args)
+            show(bench_classify(run, name, args))
     if "generate" in tasks:
         run = ensure_run(root, f"sft-{args.lm}", _config("sft", args.lm, str(DOLLY), root, 512))
-        results += bench_generate(run, args)
-
-    print(f"{'task':<24} {'path':<14} {'seqs':>5} {'tokens':>7} {'s':>7} {'seq/s':>7} {'tok/s':>8} {'GFLOP/s':>8} "
-          f"{'/fp32 pk':>8} {'/bf16 pk':>8}  notes")
-    for r in results:
-        achieved = r["flops"] / r["s"]
-        print(f"{r['task']:<24} {r['path']:<14} {r['n']:>5} {r['tokens']:>7} {r['s']:>7.2f} {r['n'] / r['s']:>7.2f} "
-              f"{r['tokens'] / r['s']:>8.0f} {achieved / 1e9:>8.1f} {achieved / peak['fp32']:>8.1%} "
-              f"{achieved / peak['bf16']:>8.1%}  {r['note']}")
+        show(bench_generate(run, args))
     print(f"load average {os.getloadavg()[0]:.1f} at end")
     by_task: dict[str, dict[str, float]] = {}
     for r in results:
