@@ -103,14 +103,18 @@ class ZeroShotClassifier:
         """log P(answer | prompt) per prompt; with ``answer=None``, log P(first token) for every label word."""
         from ..data.collate import pad_right
         from ..stages._reference import _accepts_logits_to_keep
+        from ..stages._scoring import can_pack
 
         sequences = [p + (answer or []) for p in prompts]
-        input_ids, attention_mask = pad_right(sequences, self.tokenizer.pad_token_id)
         span = len(answer) if answer else 1
         at = torch.tensor([[len(p) - 1 + offset for offset in range(span)] for p in prompts])  # (B, S): t predicts t+1
-        if _accepts_logits_to_keep(self.model):  # project only the S positions that predict the answer
+        if _accepts_logits_to_keep(self.model) and can_pack(self.model):
+            logits = self._packed_logits(sequences, at)
+        elif _accepts_logits_to_keep(self.model):  # project only the S positions that predict the answer
+            input_ids, attention_mask = pad_right(sequences, self.tokenizer.pad_token_id)
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=at).logits
         else:
+            input_ids, attention_mask = pad_right(sequences, self.tokenizer.pad_token_id)
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
             logits = torch.take_along_dim(logits, at[..., None], dim=1)
         logprobs = torch.log_softmax(logits.float(), dim=-1)  # (B, S, V)
@@ -118,6 +122,19 @@ class ZeroShotClassifier:
             return logprobs[:, 0][:, [ids[0] for ids in self.word_ids]]  # (B, L)
         tokens = torch.tensor(answer).expand(len(prompts), span)  # (B, S)
         return logprobs.gather(2, tokens[..., None]).squeeze(-1).sum(dim=1)  # (B,)
+
+    def _packed_logits(self, sequences: list[list[int]], at: torch.Tensor) -> torch.Tensor:
+        """(B, S, V) logits at ``at``: the batch packed into one row with per-example attention, no padding."""
+        from ..stages._scoring import packed_attention_on
+
+        starts = torch.tensor([0] + [len(s) for s in sequences[:-1]]).cumsum(0)  # (B,)
+        keep = torch.zeros(1, sum(map(len, sequences)), dtype=torch.bool)
+        keep[0, (starts[:, None] + at).flatten()] = True  # row-major order = (sequence, offset) order
+        ids = torch.tensor([[t for s in sequences for t in s]])
+        positions = torch.tensor([[j for s in sequences for j in range(len(s))]])
+        with packed_attention_on(self.model):
+            logits = self.model(input_ids=ids, position_ids=positions, logits_to_keep=keep, use_cache=False).logits
+        return logits.view(len(sequences), at.shape[1], -1)
 
     def predict_proba(self, texts: list[str], batch_size: int = 8) -> torch.Tensor:
         """(N, L) probabilities: a softmax over the label words' log-likelihoods."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from ..core.lazy import torch
-from ..data.collate import pad_right
 
 
 def encode_texts(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
@@ -10,17 +9,15 @@ def encode_texts(tokenizer, texts: list[str], max_length: int) -> list[list[int]
 
 
 def predict_proba(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 16) -> "torch.Tensor":
-    """Class probabilities (N, L) for raw texts; batches sorted by length so padding stays small."""
-    encoded = encode_texts(tokenizer, texts, max_length)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    probs = [None] * len(encoded)
+    """Class probabilities (N, L) for raw texts.
+
+    At most ``batch_size x max_length`` tokens per forward: packed without padding where the model
+    allows it, else in length-sorted padded batches (``stages._scoring``). A whole evaluation should
+    hand in ``methods.inference.inference_model(model)``, the adapter merged once.
+    """
+    from ..stages._scoring import classifier_logits
+
     model.eval()
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
-            input_ids, attention_mask = pad_right([encoded[i] for i in index], tokenizer.pad_token_id)
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits.float()
-            for i, row in zip(index, torch.softmax(logits, dim=-1).cpu()):
-                probs[i] = row
-    return torch.stack(probs)
+    encoded = encode_texts(tokenizer, texts, max_length)
+    logits = classifier_logits(model, encoded, batch_size * max_length, tokenizer.pad_token_id)
+    return torch.softmax(logits, dim=-1)

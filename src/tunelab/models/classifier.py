@@ -42,14 +42,17 @@ class MaskedPooler(nn.Module):
         return f"mode={self.mode!r}"
 
 
-def _remember_mask(pooler: MaskedPooler):
-    def hook(module, args, kwargs):
-        mask = kwargs.get("attention_mask")
-        if mask is None and len(args) > 1:
-            mask = args[1]
-        pooler.mask = mask
+def _remember_mask(module, args, kwargs):
+    """Pre-hook on the encoder: hand this call's attention mask to its pooler.
 
-    return hook
+    It finds the pooler through the module it runs on (not a closure over one pooler), so a
+    deep copy of the model (an evaluation's merged copy) feeds its own pooler.
+    """
+    mask = kwargs.get("attention_mask")
+    if mask is None and len(args) > 1:
+        mask = args[1]
+    if isinstance(module.pooler, MaskedPooler):
+        module.pooler.mask = mask
 
 
 def family(model) -> str:
@@ -114,7 +117,7 @@ def build_classifier(spec: str, labels: list[str], head: str = "linear", pooling
     if family(model) == ENCODER:
         pooler = MaskedPooler(mode)
         model.base_model.pooler = pooler
-        model.base_model.register_forward_pre_hook(_remember_mask(pooler), with_kwargs=True)
+        model.base_model.register_forward_pre_hook(_remember_mask, with_kwargs=True)
     hidden = model.config.get_text_config().hidden_size
     setattr(model, head_name(model), _new_head(hidden, len(labels), head, head_hidden, head_dropout))
     return model, tokenizer

@@ -56,9 +56,15 @@ def answer_nll(model, tokenizer, rows: list[dict], prompts: list[list[dict]], ma
 
 @inference_mode
 def generate_replies(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy replies to token prompts, batched (left-padded, so every row's reply starts at the same column)."""
-    from ..data.collate import pad_right
+    """Greedy replies to token prompts, batched (left-padded, so every row's reply starts at the same column).
 
+    Every decoding step runs the whole model once per batch, so an unmerged adapter's extra
+    matmuls cost on each of ``max_new_tokens`` steps: the adapter is merged once, on a copy.
+    """
+    from ..data.collate import pad_right
+    from ..methods.inference import inference_model
+
+    model = inference_model(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths: little padding
     replies = [""] * len(prompts)

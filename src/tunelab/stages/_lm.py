@@ -226,13 +226,31 @@ def evaluate_lm(loaded, name: str, file: str, options) -> dict:
 
 
 def summed_nll(model, tokenizer, examples: list[dict], batch_size: int) -> tuple[float, int]:
-    """(summed next-token loss, tokens scored) over tokenised examples; their labels mark what is scored."""
-    examples = sorted(examples, key=lambda e: len(e["input_ids"]))  # similar lengths per batch: little padding
+    """(summed next-token loss, tokens scored) over tokenised examples; their labels mark what is scored.
+
+    The adapter is merged once, on a copy; where the model allows it the examples are packed into
+    rows of at most ``batch_size`` x the longest example's tokens with per-example attention (no
+    padding computed), else run in length-sorted padded batches of ``batch_size``.
+    """
+    from ..methods.inference import inference_model
+    from ._scoring import can_pack, packed_attention_on
+
+    if not examples:
+        return 0.0, 0
+    model = inference_model(model)
+    if can_pack(model):
+        budget = batch_size * max(len(e["input_ids"]) for e in examples)
+        batches = [[row] for row in pack_examples(examples, budget)]
+        attention = packed_attention_on(model)
+    else:
+        examples = sorted(examples, key=lambda e: len(e["input_ids"]))  # similar lengths per batch: little padding
+        batches = [examples[start : start + batch_size] for start in range(0, len(examples), batch_size)]
+        attention = contextlib.nullcontext()
     collate = PadCollator(tokenizer.pad_token_id)
     total_loss, tokens = 0.0, 0
-    with torch.inference_mode():
-        for start in range(0, len(examples), batch_size):
-            batch = collate(examples[start : start + batch_size])
+    with torch.inference_mode(), attention:
+        for rows in batches:
+            batch = collate(rows)
             count = int((batch["labels"][:, 1:] != IGNORE).sum())
             loss, _ = causal_lm_loss(model, batch, num_items_in_batch=count)
             total_loss, tokens = total_loss + float(loss) * count, tokens + count

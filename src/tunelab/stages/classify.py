@@ -175,9 +175,14 @@ def read_labelled(name: str, file: str, known: list[str], options: EvalOptions) 
 
 
 def evaluate(loaded, name: str, file: str, options: EvalOptions) -> dict:
+    """The classifier's report on one file; the adapter merged once, on a copy kept for the whole eval."""
     from ..inference.classify import predict_proba
+    from ..methods.inference import inference_model
 
     max_length = loaded.config.train.max_length
-    return evaluate_classifier(
-        lambda texts: predict_proba(loaded.model, loaded.tokenizer, texts, max_length, options.batch_size),
-        loaded.config.stage.labels, name, file, options)
+
+    def probabilities(texts):
+        model = inference_model(loaded.model, loaded.cache)  # after the checks: a bad file costs no copy
+        return predict_proba(model, loaded.tokenizer, texts, max_length, options.batch_size)
+
+    return evaluate_classifier(probabilities, loaded.config.stage.labels, name, file, options)

@@ -14,7 +14,7 @@ from pydantic import Field
 from ..core.lazy import F, torch
 from ..data.collate import pad_right
 from ..models import SEQ_CLS
-from ._pairs import Meter, encode_prompt_response, eval_pairs, item_labels, load_pairs, metered_eval, read_eval_file
+from ._pairs import Meter, encode_prompt_response, eval_pairs, item_labels, load_pairs, read_eval_file
 from .base import StageConfig
 
 LABELS = ["reward"]  # one output: the scalar reward
@@ -115,36 +115,56 @@ def compute_loss(model, batch: dict, num_items_in_batch=None):
 EVAL_OPTIONS = ()
 
 
+def sequence_rewards(model, tokenizer, sequences: list[list[int]], max_tokens: int) -> list[float]:
+    """Rewards of token sequences, in their order: packed without padding where the model allows it."""
+    from ._scoring import classifier_logits
+
+    return classifier_logits(model, sequences, max_tokens, tokenizer.pad_token_id)[:, 0].tolist()
+
+
 def score(loaded, prompts: list[str], responses: list[str], batch_size: int = 16) -> list[float]:
-    """The rewards a trained reward run gives responses to prompts (``tunelab score``, RLHF, eval)."""
+    """The rewards a trained reward run gives responses to prompts (``tunelab score``, RLHF, eval).
+
+    The adapter is merged once, into a copy kept in ``loaded.cache`` (the reward model is frozen:
+    RLHF scores with it every step); at most ``batch_size x max_length`` tokens per forward.
+    """
+    from ..methods.inference import inference_model
+
     tokenizer, max_length = loaded.tokenizer, loaded.config.train.max_length
     encoded = [encode_prompt_response(tokenizer, p, r, max_length)[0] for p, r in zip(prompts, responses)]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths: little padding
-    device = next(loaded.model.parameters()).device
-    out = [0.0] * len(encoded)
-    loaded.model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
-            ids, mask = pad_right([encoded[i] for i in index], tokenizer.pad_token_id)
-            for i, value in zip(index, rewards(loaded.model, ids.to(device), mask.to(device)).float().cpu().tolist()):
-                out[i] = value
-    return out
+    return sequence_rewards(inference_model(loaded.model, loaded.cache), tokenizer, encoded, batch_size * max_length)
+
+
+def pair_metrics(chosen: list[float], rejected: list[float]) -> dict:
+    """Pairwise accuracy (share of pairs with r_chosen > r_rejected) and mean margin, as PairwiseLoss meters them."""
+    margins = [c - r for c, r in zip(chosen, rejected)]
+    return {"accuracy": sum(m > 0 for m in margins) / len(margins), "margin": sum(margins) / len(margins)}
 
 
 def evaluate(loaded, name: str, file: str, options) -> dict:
-    """Preference pairs: pairwise accuracy and mean margin. Ratings: also rank correlation with the scores."""
+    """Preference pairs: pairwise accuracy and mean margin. Ratings: also rank correlation with the scores.
+
+    Every chosen and rejected sequence is scored once, packed (see ``sequence_rewards``), by the
+    run's model with its adapter merged once for the file; the run's own model is left as it is.
+    """
     from scipy.stats import kendalltau, spearmanr
+
+    from ..methods.inference import inference_model
 
     fmt, rows = read_eval_file(name, file, options)
     pairs = eval_pairs(name, file, fmt, rows)
-    examples = build_examples(loaded.tokenizer, pairs, loaded.config.train.max_length)
-    metrics = metered_eval(PairwiseLoss(), loaded.model, examples, PairCollator(loaded.tokenizer.pad_token_id),
-                           options.batch_size)
+    tokenizer, max_length = loaded.tokenizer, loaded.config.train.max_length
+    examples = build_examples(tokenizer, pairs, max_length)
+    model = inference_model(loaded.model, loaded.cache)
+    budget = options.batch_size * max_length
+    scores = sequence_rewards(model, tokenizer, [e["input_ids"] for e in examples] +
+                              [e["rejected_ids"] for e in examples], budget)
+    metrics = pair_metrics(scores[: len(examples)], scores[len(examples):])
     report = {"task": "reward", "file": file, "n": len(pairs), "pairwise_accuracy": metrics["accuracy"],
               "margin": metrics["margin"]}
     if fmt == "rating":
-        scores = score(loaded, [r["prompt"] for r in rows], [r["response"] for r in rows], options.batch_size)
+        encoded = [encode_prompt_response(tokenizer, r["prompt"], r["response"], max_length)[0] for r in rows]
+        scores = sequence_rewards(model, tokenizer, encoded, budget)
         ratings = [r["score"] for r in rows]
         report.update({"ratings": len(rows), "spearman": float(spearmanr(scores, ratings).statistic),
                        "kendall_tau": float(kendalltau(scores, ratings).statistic)})
