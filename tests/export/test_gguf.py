@@ -112,15 +112,19 @@ def smol(tmp_path_factory):
     }
     loaded = load(run)
     merged = METHODS["lora"].merge(loaded.model).eval()
-    return {"run": run, "model": merged, "tokenizer": loaded.tokenizer, **exports}
+    tokenizer = loaded.tokenizer
+    # transformers' side, computed once for every test below (the slow part on 2 cores)
+    prompts = [_ids(tokenizer, prompt) for prompt in PROMPTS]
+    held_out = tokenizer(HELD_OUT)["input_ids"]
+    reference = {"greedy": [hf_greedy(merged, ids, GREEDY_TOKENS) for ids in prompts],
+                 "held_out": held_out, "held_out_logits": hf_logits(merged, held_out)}
+    return {"run": run, "tokenizer": tokenizer, "prompts": prompts, **reference, **exports}
 
 
 def test_f16_greedy_tokens_equal_transformers(smol, llama_file):
     llm = llama_file(smol["f16"])
-    for prompt in PROMPTS:
-        ids = _ids(smol["tokenizer"], prompt)
-        expected = hf_greedy(smol["model"], ids, GREEDY_TOKENS)
-        assert cpp_greedy(llm, ids, GREEDY_TOKENS) == expected, prompt
+    for ids, expected in zip(smol["prompts"], smol["greedy"]):
+        assert cpp_greedy(llm, ids, GREEDY_TOKENS) == expected, ids
 
 
 def test_q8_0_agrees_on_the_top_token_of_a_held_out_text(smol, llama_file):
@@ -131,8 +135,7 @@ def test_q8_0_agrees_on_the_top_token_of_a_held_out_text(smol, llama_file):
     agrees at 93-94% of all positions; the file llama.cpp's own convert_hf_to_gguf.py writes for the
     same merged model is byte-identical, so that is Q8_0's figure, not this writer's.
     """
-    ids = smol["tokenizer"](HELD_OUT)["input_ids"]
-    expected = hf_logits(smol["model"], ids)
+    ids, expected = smol["held_out"], smol["held_out_logits"]
     top2 = np.sort(expected, axis=-1)[:, -2:]
     decided = top2[:, 1] - top2[:, 0] >= 0.5  # positions where transformers' top-1 leads by >= 0.5 logit
     agree = cpp_logits(llama_file(smol["q8_0"]), ids).argmax(-1) == expected.argmax(-1)
@@ -146,12 +149,10 @@ def test_lora_adapter_on_the_base_gguf_is_the_merged_model(smol, llama_file):
     base, adapter = smol["adapter"] / "base-f16.gguf", smol["adapter"] / "lora.gguf"
     assert sorted(p.name for p in smol["adapter"].iterdir()) == ["base-f16.gguf", "lora.gguf"]
     with_adapter = llama_file(base, lora_path=str(adapter))
-    for prompt in PROMPTS:
-        ids = _ids(smol["tokenizer"], prompt)
-        assert cpp_greedy(with_adapter, ids, GREEDY_TOKENS) == hf_greedy(smol["model"], ids, GREEDY_TOKENS), prompt
+    for ids, expected in zip(smol["prompts"], smol["greedy"]):
+        assert cpp_greedy(with_adapter, ids, GREEDY_TOKENS) == expected, ids
     # and the adapter is what makes it so: without it llama.cpp is measurably further from the run
-    ids = smol["tokenizer"](HELD_OUT)["input_ids"]
-    expected = hf_logits(smol["model"], ids)
+    ids, expected = smol["held_out"], smol["held_out_logits"]
     adapted_error = np.abs(cpp_logits(with_adapter, ids) - expected).max()
     base_error = np.abs(cpp_logits(llama_file(base), ids) - expected).max()
     assert adapted_error < 0.5 * base_error, (adapted_error, base_error)
