@@ -27,7 +27,7 @@ def test_installs_the_lock_with_torch_from_the_cpu_index(dockerfile):
     runs = " ".join(dockerfile.all("RUN"))
     assert "--index-url https://download.pytorch.org/whl/cpu" in runs
     assert "pip install --no-cache-dir --no-deps -r /tmp/no-torch.lock" in runs
-    assert "grep -v '^torch==' requirements.lock" in runs and "sed -n 's/^torch==//p' requirements.lock" in runs
+    assert "grep -v -e '^torch==' -e '^llama[-_]cpp[-_]python==' requirements.lock" in runs and "sed -n 's/^torch==//p' requirements.lock" in runs
     lock = (REPO / "requirements.lock").read_text().splitlines()
     assert sum(line.startswith("torch==") for line in lock) == 1  # the one line the Dockerfile takes out
     assert not any(line.lower().startswith(("nvidia-", "triton==")) for line in lock)  # CUDA stays out

@@ -184,12 +184,14 @@ def test_reference_is_the_policy_before_the_first_update_under_bf16(tmp_path, mo
     """Under mixed precision the Trainer wraps the policy's forward in bf16 autocast after the
     ``full`` reference was copied; the reference runs that same forward, so at step 0 (evaluation
     before training and the first step) both give identical log-probs and the loss is log 2."""
-    from tunelab.training import engine, trainer
+    from tunelab.training import engine, precision
 
-    monkeypatch.setattr(trainer, "use_bf16", lambda precision: True)  # bf16 wherever autocast runs
+    # bf16 autocast wherever it runs (as on an AMX CPU); the base stays fp32 (train.base_dtype below)
+    monkeypatch.setattr(precision, "bf16_support", lambda: precision.Bf16Support(supported=True, fast=True))
     calls = _record_dpo_losses(monkeypatch)
     data = write_rows(tmp_path / "pref.jsonl", SYNTHETIC_ROWS["preference"])
-    cfg = tiny_config("dpo", method, data, tmp_path / "runs", max_steps=1, eval_before=True)
+    cfg = tiny_config("dpo", method, data, tmp_path / "runs", max_steps=1, eval_before=True,
+                      base_dtype="fp32")
     cfg.update(name="dpo-bf16", stage={"name": "dpo"})
     run = engine.train(cfg, quiet=True)
     assert json.loads((run / "summary.json").read_text())["precision"] == "bf16"

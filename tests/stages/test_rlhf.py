@@ -143,9 +143,10 @@ def test_reference_is_the_policy_before_the_first_update_under_bf16(tmp_path, mo
     """The Trainer wraps the policy's forward in bf16 autocast after the ``full`` reference was
     copied; the reference runs that same forward, so before the first update the log-ratio of
     every response is exactly 0 and greedy policy and reference responses are the same."""
-    from tunelab.training import engine, trainer
+    from tunelab.training import engine, precision
 
-    monkeypatch.setattr(trainer, "use_bf16", lambda precision: True)  # bf16 wherever autocast runs
+    # bf16 autocast wherever it runs (as on an AMX CPU); the base stays fp32 (train.base_dtype below)
+    monkeypatch.setattr(precision, "bf16_support", lambda: precision.Bf16Support(supported=True, fast=True))
     calls, plain = [], rlhf.RLOOLoss._log_ratio
 
     def recording(self, model, *args):
@@ -155,7 +156,8 @@ def test_reference_is_the_policy_before_the_first_update_under_bf16(tmp_path, mo
 
     monkeypatch.setattr(rlhf.RLOOLoss, "_log_ratio", recording)
     data = write_rows(tmp_path / "prompts.jsonl", SYNTHETIC_ROWS["preference"])
-    cfg = tiny_config("rlhf", method, data, tmp_path / "runs", max_steps=1, eval_before=True)
+    cfg = tiny_config("rlhf", method, data, tmp_path / "runs", max_steps=1, eval_before=True,
+                      base_dtype="fp32")
     cfg.update(name="rl-bf16", stage={"name": "rlhf", "reward_model": str(reward_run), "samples_per_prompt": 2,
                                       "max_new_tokens": 6})
     run = engine.train(cfg, quiet=True)
