@@ -36,6 +36,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
+from _common import matmul_peak_flops  # noqa: E402  (one matmul probe for every bench)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -43,20 +45,6 @@ PAIRS = REPO / "data/preference/hh_helpful_eval.jsonl"
 SPAM_TEST = REPO / "data/spam/email_test.jsonl"
 SPAM_TRAIN = REPO / "data/spam/sms_train_200.jsonl"
 DOLLY = REPO / "data/instruct/dolly_subset.jsonl"
-
-
-def matmul_peak(dtype_name: str, size: int = 2048, reps: int = 6) -> float:
-    """Best square-matmul FLOP/s in one dtype, all threads."""
-    import torch
-
-    dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    best = 0.0
-    for _ in range(reps):
-        start = time.perf_counter()
-        a @ b
-        best = max(best, 2 * size**3 / (time.perf_counter() - start))
-    return best
 
 
 def linear_weights(model) -> tuple[int, int]:
@@ -247,7 +235,7 @@ def main() -> None:
 
     print(f"machine: {machine_line()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"load average {os.getloadavg()[0]:.1f} at start", flush=True)
-    peak = {"fp32": matmul_peak("float32"), "bf16": matmul_peak("bfloat16")}
+    peak = {"fp32": matmul_peak_flops("float32"), "bf16": matmul_peak_flops("bfloat16")}
     print(f"square-matmul peak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s", flush=True)
     root = args.runs or Path(tempfile.mkdtemp(prefix="eval-bench-"))
     root.mkdir(parents=True, exist_ok=True)
