@@ -22,7 +22,7 @@ Printed: the machine line and load average, the self time of every profiled op s
   GFLOP/s  useful: 4 FLOPs per frozen linear weight per real token (LM head: per loss position), as
            bench/train_throughput.py counts them; matmul kernels: the profiler's FLOP count of every
            matmul over the matmuls' own self time; each against the best square-matmul FLOP/s
-           measured here per dtype (bench/train_throughput.py's matmul_peak_flops)
+           measured here per dtype (bench/_common.py's matmul_peak_flops)
 """
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import _examples, linear_weights, matmul_peak_flops  # noqa: E402  (same data, same peaks)
+from _common import matmul_peak_flops  # noqa: E402  (the same peaks)
+from train_throughput import _messages, _rows, linear_weights  # noqa: E402  (the same data)
 from transformers import TrainerCallback  # noqa: E402
 
 GROUPS = ["matmuls", "LoRA matmuls", "attention", "loss", "norms/activations/elementwise", "casts/copies/fills",
@@ -190,7 +191,7 @@ def main() -> None:
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp())
     data = work / "train.jsonl"
-    data.write_text("".join(json.dumps(e) + "\n" for e in _examples(args.examples)))
+    data.write_text("".join(json.dumps(e) + "\n" for e in _messages(_rows(args.examples))))
     window = ProfileWindow(args.warmup, args.steps, load_tokenizer(args.model).pad_token_id)
     config, overrides = _config(args, data, work / "runs")
     run_dir = tunelab.train(config, overrides, quiet=True, callbacks=[window])
