@@ -19,7 +19,7 @@ from tunelab.core.errors import TunelabError
 from tunelab.methods import METHODS
 from tunelab.runs.directory import read_jsonl
 from tunelab.training import engine
-from tunelab.training.precision import Bf16Support, Plan, choose, store_frozen
+from tunelab.training.precision import Bf16Support, Plan, adapters_take_autocast_inputs, choose, store_frozen
 
 AMX = Bf16Support(supported=True, fast=True)  # also a CUDA GPU with bf16
 AVX512_BF16 = Bf16Support(supported=True, fast=False)  # bf16 runs, slower than fp32 (the dev machine)
@@ -105,6 +105,33 @@ def test_every_method_trains_on_a_bf16_base(case):
         optimizer.step()
     assert all(p.dtype == torch.float32 for p in trainable)
     assert any(not torch.equal(a, p.detach()) for a, p in zip(before, trainable)), "nothing trained"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_adapters_skipping_their_input_cast_change_no_value(case):
+    """Under bf16 autocast on a bf16 base, peft's cast of an adapter's input to fp32 is undone by
+    autocast before the matmul: with it switched off, loss and every gradient are bitwise the same."""
+    def step(skip: bool):
+        torch.manual_seed(0)
+        model, tokenizer = fresh_base(case)
+        model = METHODS[case.method].apply(model, case.config())
+        store_frozen(model, "bf16")
+        for param in model.parameters():  # LoRA/adapters start with one zero factor: make every path matter
+            if param.requires_grad:
+                param.data.normal_(0, 0.02)
+        model.train()
+        with adapters_take_autocast_inputs(model, skip) as switched, torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = loss_of(model, batch(tokenizer, case), case)
+        loss.backward()
+        return switched, loss.detach(), [p.grad for p in model.parameters() if p.requires_grad], model
+
+    _, loss_cast, grads_cast, _ = step(False)
+    switched, loss_skip, grads_skip, model = step(True)
+    assert torch.equal(loss_cast, loss_skip)
+    assert all(torch.equal(a, b) for a, b in zip(grads_cast, grads_skip))
+    if case.method == "lora":  # the switch reached peft's plain LoRA layers (DoRA's keep their cast) ...
+        assert (switched > 0) == ("use_dora=True" not in case.id)
+    assert all(getattr(m, "cast_input_dtype_enabled", True) for m in model.modules())  # ... and was restored
 
 
 # --------------------------------------------------------------------------- parity with the fp32 run

@@ -10,6 +10,7 @@ so either machine's answer can be checked anywhere; `bf16_support()` asks this m
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..core.errors import TunelabError
@@ -101,3 +102,23 @@ def store_frozen(model, base_dtype: str) -> int:
             param.data = param.data.to(dtype)
             cast += param.numel()
     return cast
+
+
+@contextmanager
+def adapters_take_autocast_inputs(model, active: bool):
+    """Under bf16 autocast, stop peft's adapter layers casting their (bf16) input to the adapter's
+    fp32 weight dtype: autocast casts it straight back to bf16 for the matmul, so the round trip
+    (two copies per adapter layer, forward and backward) changes no value and only costs time.
+    Only for the span of the autocast training loop: outside autocast the cast is what makes a
+    bf16 activation meet an fp32 adapter weight. Plain LoRA layers only: a variant (DoRA) computes
+    more than matmuls from the input, and there the dtype does change values."""
+    layers = [m for m in model.modules()
+              if getattr(m, "cast_input_dtype_enabled", None) is True and getattr(m, "lora_variant", None) == {}
+              ] if active else []
+    for layer in layers:
+        layer.cast_input_dtype_enabled = False
+    try:
+        yield len(layers)
+    finally:
+        for layer in layers:
+            layer.cast_input_dtype_enabled = True
