@@ -152,8 +152,7 @@ def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds,
         if trainer.is_world_process_zero():
             (run_dir / "config.yaml").write_text(cfg.to_yaml())
         started = time.time()
-        with precision.adapters_take_autocast_inputs(model, plan.autocast_bf16):
-            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         train_seconds = time.time() - started
         best = trainer.best.summary() if trainer.best is not None else {}
         metrics = _final_metrics(trainer, eval_ds, getattr(stage, "LOSS_IS_NLL", False), best.get("best_step"))
