@@ -111,7 +111,10 @@ def adapters_take_autocast_inputs(model, active: bool):
     (two copies per adapter layer, forward and backward) changes no value and only costs time.
     Only for the span of the autocast training loop: outside autocast the cast is what makes a
     bf16 activation meet an fp32 adapter weight. Plain LoRA layers only: a variant (DoRA) computes
-    more than matmuls from the input, and there the dtype does change values."""
+    more than matmuls from the input, and there the dtype does change values.
+
+    Not wired into the engine yet: with it around trainer.train() the full suite on an AMX machine
+    failed (RLHF generates inside the training loop, outside autocast); see docs/performance.md."""
     layers = [m for m in model.modules()
               if getattr(m, "cast_input_dtype_enabled", None) is True and getattr(m, "lora_variant", None) == {}
               ] if active else []
