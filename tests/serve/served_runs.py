@@ -2,6 +2,8 @@
 
 Two LoRA runs on different SYNTHETIC data with different seeds (so their greedy replies differ),
 a bottleneck-adapter run, an (IA)³ run, a full run, a prompt-tuning run, a classify run and a reward run.
+They train in fp32 on every machine: the serve tests compare greedy tokens of runs that must differ,
+and `precision: auto` (bf16 on CPUs with AMX) would make a tiny run's greedy reply depend on the CPU.
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ def trained(name: str, root: Path) -> Path:
 
         stage, method, dialect, seed, lr = RUNS[name]
         data = write_rows(root / f"{name}.jsonl", SYNTHETIC_ROWS[dialect])
-        cfg = tiny_config(stage, method, data, root / "runs", max_steps=4, lr=lr, seed=seed)
+        cfg = tiny_config(stage, method, data, root / "runs", max_steps=4, lr=lr, seed=seed,
+                          precision="fp32")
         cfg["name"] = name
         _TRAINED[name] = Path(train(cfg, quiet=True))
     return _TRAINED[name]

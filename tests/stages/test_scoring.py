@@ -5,6 +5,10 @@ Straightforward = the run's model as loaded (peft adapter unmerged), padded batc
 (``methods.inference``), sequences packed with per-example attention (decoders) or sorted into
 token-budget batches (encoders) (``stages._scoring``). Tolerance: 1e-4 absolute on logits and
 rewards (fp32; merged weights and per-row attention only change float rounding).
+
+The copy is also cast to the machine's fastest dtype (bf16 on CPUs with AMX): the parity tests pin
+that to fp32 (``fp32_copies``) so they check packing and merging at fp32 tolerance on every CPU, and
+``test_a_bf16_machine_scores_with_a_bf16_copy`` checks the bf16 cast itself, on every CPU.
 """
 from __future__ import annotations
 
@@ -20,6 +24,13 @@ from tunelab.models.classifier import build_classifier
 from tunelab.stages import _pairs, _scoring, reward
 
 TOL = 1e-4
+
+
+@pytest.fixture(autouse=True)
+def fp32_copies(monkeypatch):
+    from tunelab.methods import inference
+
+    monkeypatch.setattr(inference, "fastest_dtype", lambda device: torch.float32)
 
 
 def _sequences(tokenizer, n=9, seed=0, pad_inside=False):
@@ -109,6 +120,26 @@ def test_inference_model_is_cached_per_model_and_plain_models_are_not_copied():
     assert inference_model(wrapped, cache) is first  # RLHF: one merge for every step
     plain, _ = build_classifier("tiny-llama", ["reward"])
     assert inference_model(plain) is plain  # nothing to merge, fp32 already the fastest here
+
+
+def test_a_bf16_machine_scores_with_a_bf16_copy(monkeypatch):
+    """Where bf16 is the faster dtype the copy is cast to it: logits within bf16 rounding, run model untouched."""
+    from tunelab.methods import inference
+
+    monkeypatch.setattr(inference, "fastest_dtype", lambda device: torch.bfloat16)
+    torch.manual_seed(0)
+    base, tokenizer = build_classifier("tiny-llama", ["reward"], head_dropout=0.0)
+    model = _with_trained_lora(base)
+    sequences = _sequences(tokenizer)
+    expected = _plain_logits(model, sequences, tokenizer.pad_token_id)
+    copy = inference_model(model)
+    assert next(copy.parameters()).dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    got = _scoring.classifier_logits(copy, sequences, max_tokens=64, pad_id=tokenizer.pad_token_id)
+    assert got.dtype == torch.float32
+    assert 0 < (got - expected).abs().max() < 0.05 * expected.abs().max()  # bf16 really ran, and only rounding differs
+    plain, _ = build_classifier("tiny-llama", ["reward"])
+    assert inference_model(plain) is not plain  # a plain fp32 model is copied to be cast
 
 
 class _Loaded:
