@@ -55,6 +55,10 @@ class TrainConfig(StrictModel):
         "trainable parameters, their gradients and optimizer state stay fp32. `bf16`: half the weight memory and "
         "no per-step weight casts, the step runs under bf16 autocast; `auto`: bf16 when train.precision makes the "
         "step compute in bf16, else fp32. Methods full and head always keep fp32."))
+    compile: bool = Field(False, description=(
+        "torch.compile each transformer block for the training steps (dynamic shapes, packed attention left "
+        "eager): fewer, fused kernels per step for a one-off compile at the first step (about 50 s for "
+        "smollm2-135m on 2 cores, less with a warm cache); pays off on long runs. Not for stage rlhf."))
     scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after warmup.")
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Share of steps spent warming up linearly.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")

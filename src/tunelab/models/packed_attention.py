@@ -37,6 +37,7 @@ def _segments(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
     return bounds
 
 
+@torch.compiler.disable  # a loop over data-dependent segments: compiled blocks (train.compile) run it eagerly
 def packed_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
                         is_causal=None, **kwargs):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward

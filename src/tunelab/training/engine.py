@@ -19,6 +19,7 @@ from ..runs import directory as rundir
 from ..runs.open import check_links, load_links
 from ..stages import STAGES
 from . import precision, trackers, warm_start
+from .compiled import compiled_blocks
 from .progress import format_duration, library_output
 
 
@@ -90,6 +91,9 @@ def _train(cfg: RunConfig, *, resume: bool, overwrite: bool, level: str, callbac
     stage, method = STAGES[cfg.stage.name], METHODS[cfg.method.name]
     if hasattr(method, "check_stage"):
         method.check_stage(stage)  # a method that cannot serve the stage fails before anything loads
+    if cfg.train.compile and cfg.stage.name == "rlhf":  # it generates inside the training loop: new shapes each step
+        raise TunelabError("train.compile=true does not apply to stage rlhf (it generates during training); "
+                           "set train.compile to false")
     cfg = _unpacked_if_needed(cfg, method)
     run_dir = cfg.run_dir
     main = is_main_process()
@@ -152,7 +156,8 @@ def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds,
         if trainer.is_world_process_zero():
             (run_dir / "config.yaml").write_text(cfg.to_yaml())
         started = time.time()
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        with compiled_blocks(model, cfg.train.compile):
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         train_seconds = time.time() - started
         best = trainer.best.summary() if trainer.best is not None else {}
         metrics = _final_metrics(trainer, eval_ds, getattr(stage, "LOSS_IS_NLL", False), best.get("best_step"))
