@@ -20,6 +20,11 @@ dropout 0) and `full` (every weight trains).
             as tunelab's. 1 packed row of <= max_length per micro-batch x 2 accumulated.
   tunelab   its defaults (packing, per-example attention, LM head on loss positions only,
             precision auto = fp32 on CPUs without AMX), 1 packed row x 2 accumulated.
+  tunelab-compile
+            the same with train.compile=true (each decoder block through torch.compile). Its
+            compile time is inside `train s`. Each child starts from an empty inductor cache (the
+            first run on a machine) unless --compile-cache DIR is given: a second invocation with
+            the same DIR measures the warm case (the compiled kernels come from disk).
 trl-best and tunelab therefore see ~1,024 token slots per optimizer step; stock sees 8 examples.
 The tokenisations differ (TRL renders SmolLM2's default system prompt, tunelab does not), so
 useful-token totals differ for the same examples: compare the wall time on the same examples
@@ -53,7 +58,7 @@ from pathlib import Path
 from _common import REPO, emit, machine_report, ratio, run_child
 
 DATA = [REPO / "data/instruct/dolly_subset.jsonl", REPO / "data/instruct/self_instruct_human.jsonl"]
-PATHS = ("stock", "trl-best", "tunelab")
+PATHS = ("stock", "trl-best", "tunelab", "tunelab-compile")
 METHODS = ("lora", "full")
 TARGETS = {"lora": {"tps": 3.0, "wall": 0.33, "rss": 0.75}, "full": {"tps": 2.0}}  # tunelab vs trl-best
 
@@ -132,7 +137,11 @@ def run_trl(args, best: bool) -> dict:
             "gradient_checkpointing": bool(config.gradient_checkpointing)}
 
 
-def run_tunelab(args) -> dict:
+def run_tunelab(args, compiled: bool = False) -> dict:
+    import os
+
+    if compiled:  # before torch is imported: inductor reads its cache directory once
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(args.compile_cache or Path(tempfile.mkdtemp()) / "inductor")
     import tunelab
     from tunelab.models import resolve
 
@@ -149,7 +158,8 @@ def run_tunelab(args) -> dict:
                   "lr": 2e-4 if args.method == "lora" else 2e-5},
         "output_dir": str(work / "runs"),
     }
-    run_dir = tunelab.train(config, args.tunelab_set, quiet=True)  # --tunelab-set: e.g. train.precision=fp32
+    overrides = [*args.tunelab_set, *(["train.compile=true"] if compiled else [])]
+    run_dir = tunelab.train(config, overrides, quiet=True)  # --tunelab-set: e.g. train.precision=fp32
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"seconds": summary["train_seconds"], "useful_tokens": summary["batched_tokens"],
             "padding": summary["padding_fraction"], "loss_tokens": summary["loss_tokens"],
@@ -160,7 +170,10 @@ def run_tunelab(args) -> dict:
 
 def child(args) -> None:
     started = time.perf_counter()
-    result = run_tunelab(args) if args.child == "tunelab" else run_trl(args, best=args.child == "trl-best")
+    if args.child.startswith("tunelab"):
+        result = run_tunelab(args, compiled=args.child == "tunelab-compile")
+    else:
+        result = run_trl(args, best=args.child == "trl-best")
     emit(result, started)
 
 
@@ -169,7 +182,7 @@ def child(args) -> None:
 
 def _table(results: dict, peaks: dict, fastest: str) -> dict:
     body, head = linear_weights(next(iter(results.values()))["model_dir"])
-    print(f"{'method':<6} {'path':<9} {'dtype':<5} {'useful tok/s':>12} {'padding':>8} {'useful tok':>10} "
+    print(f"{'method':<6} {'path':<15} {'dtype':<5} {'useful tok/s':>12} {'padding':>8} {'useful tok':>10} "
           f"{'loss tok':>9} {'train s':>8} {'total s':>8} {'peak RSS MB':>12} {'GFLOP/s':>8} {'/peak':>6} {'load':>5}")
     rows = {}
     for (method, path), r in results.items():
@@ -177,31 +190,31 @@ def _table(results: dict, peaks: dict, fastest: str) -> dict:
         achieved = per_weight * (body * r["useful_tokens"] + head * r["head_tokens"]) / r["seconds"]
         rows[method, path] = {"tps": r["useful_tokens"] / r["seconds"], "wall": r["seconds"],
                               "rss": r["peak_rss_mb"], "flops": achieved}
-        print(f"{method:<6} {path:<9} {r['dtype']:<5} {rows[method, path]['tps']:>12.1f} {r['padding']:>8.1%} "
+        print(f"{method:<6} {path:<15} {r['dtype']:<5} {rows[method, path]['tps']:>12.1f} {r['padding']:>8.1%} "
               f"{r['useful_tokens']:>10} {r['loss_tokens']:>9} {r['seconds']:>8.1f} {r['process_seconds']:>8.1f} "
               f"{r['peak_rss_mb']:>12.0f} {achieved / 1e9:>8.1f} {achieved / peaks[fastest]:>6.1%} {r['load_end']:>5.1f}")
     return rows
 
 
 def _ratios(rows: dict, methods: list[str], examples: int) -> None:
-    for method in methods:
-        mine = rows.get((method, "tunelab"))
-        for other in ("trl-best", "stock"):
-            theirs = rows.get((method, other))
-            if mine is None or theirs is None:
-                continue
-            targets = TARGETS.get(method, {}) if other == "trl-best" else {}
-            note = lambda key, sign: f" (target {sign} {targets[key]}x)" if key in targets else ""  # noqa: E731
-            print(f"ratios {method} tunelab/{other}: useful tok/s {ratio(mine['tps'], theirs['tps'])}{note('tps', '>=')}, "
-                  f"wall time on the same {examples} examples {ratio(mine['wall'], theirs['wall'])}{note('wall', '<=')}, "
-                  f"peak RSS {ratio(mine['rss'], theirs['rss'])}{note('rss', '<=')}, "
-                  f"achieved FLOP/s {ratio(mine['flops'], theirs['flops'])}")
+    pairs = [(m, ours, other) for m in methods for ours in ("tunelab", "tunelab-compile") for other in ("trl-best", "stock")]
+    for method, ours, other in pairs:
+        mine, theirs = rows.get((method, ours)), rows.get((method, other))
+        if mine is None or theirs is None:
+            continue
+        targets = TARGETS.get(method, {}) if other == "trl-best" else {}
+        note = lambda key, sign: f" (target {sign} {targets[key]}x)" if key in targets else ""  # noqa: E731
+        print(f"ratios {method} {ours}/{other}: useful tok/s {ratio(mine['tps'], theirs['tps'])}{note('tps', '>=')}, "
+              f"wall time on the same {examples} examples {ratio(mine['wall'], theirs['wall'])}{note('wall', '<=')}, "
+              f"peak RSS {ratio(mine['rss'], theirs['rss'])}{note('rss', '<=')}, "
+              f"achieved FLOP/s {ratio(mine['flops'], theirs['flops'])}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="lora,full", help="comma-separated: lora, full")
-    parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated: stock, trl-best, tunelab")
+    parser.add_argument("--paths", default="stock,trl-best,tunelab",
+                        help="comma-separated: stock, trl-best, tunelab, tunelab-compile")
     parser.add_argument("--examples", type=int, default=128)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--batch", type=int, default=8, help="examples per optimizer step (stock path)")
@@ -211,6 +224,7 @@ def main() -> None:
                         help="trl-best's dtype (auto: the higher measured matmul peak)")
     parser.add_argument("--tunelab-set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra tunelab config override (repeatable)")
+    parser.add_argument("--compile-cache", type=Path, help="tunelab-compile's inductor cache (default: empty per child)")
     parser.add_argument("--child", choices=PATHS)
     parser.add_argument("--method", choices=METHODS, default="lora")
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="fp32")
@@ -232,7 +246,8 @@ def main() -> None:
             argv = ["--child", path, "--method", method, "--dtype", dtype, "--examples", str(args.examples),
                     "--max-length", str(args.max_length), "--batch", str(args.batch),
                     "--tunelab-rows", str(args.tunelab_rows), "--tunelab-accum", str(args.tunelab_accum),
-                    *[f"--tunelab-set={override}" for override in args.tunelab_set]]
+                    *[f"--tunelab-set={override}" for override in args.tunelab_set],
+                    *(["--compile-cache", str(args.compile_cache)] if args.compile_cache else [])]
             results[method, path] = run_child(__file__, argv, f"{method} {path}")
     rows = _table(results, machine["peaks"], machine["fastest"])
     print("RESULTS " + json.dumps({f"{m} {p}": r for (m, p), r in results.items()}))
