@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -138,8 +139,6 @@ def run_trl(args, best: bool) -> dict:
 
 
 def run_tunelab(args, compiled: bool = False) -> dict:
-    import os
-
     if compiled:  # before torch is imported: inductor reads its cache directory once
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(args.compile_cache or Path(tempfile.mkdtemp()) / "inductor")
     import tunelab
