@@ -134,6 +134,47 @@ def test_adapters_skipping_their_input_cast_change_no_value(case):
     assert all(getattr(m, "cast_input_dtype_enabled", True) for m in model.modules())  # ... and was restored
 
 
+def test_adapters_outside_autocast_keep_their_input_cast_within_the_block():
+    """The switch decides per call: a forward outside autocast inside the block (RLHF generating,
+    a stage's own reference forward) still casts the bf16 activation to the fp32 adapter weight,
+    and gives what it gives without the block."""
+    case = next(c for c in CASES if c.method == "lora" and "use_dora=True" not in c.id)
+    torch.manual_seed(0)
+    model, tokenizer = fresh_base(case)
+    model = METHODS[case.method].apply(model, case.config())
+    store_frozen(model, "bf16")
+    inputs = batch(tokenizer, case)
+    model.eval()
+    with torch.no_grad():
+        plain = model(input_ids=inputs["input_ids"]).logits
+        with adapters_take_autocast_inputs(model, True) as switched:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                model(input_ids=inputs["input_ids"])  # leaves each layer's switch at "skip"
+            outside = model(input_ids=inputs["input_ids"]).logits
+    assert switched > 0 and torch.equal(plain, outside)
+
+
+@pytest.mark.skipif(not engine.precision.bf16_support().supported, reason="this CPU has no native bf16")
+def test_training_under_autocast_skips_the_adapter_casts_and_restores_them(tmp_path):
+    """The engine wires the switch around training when the step runs under bf16 autocast."""
+    from conftest import SYNTHETIC_ROWS, write_rows
+    from transformers import TrainerCallback
+
+    seen = []
+
+    class Flags(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            seen.append({getattr(m, "cast_input_dtype_enabled") for m in model.modules()
+                         if getattr(m, "lora_variant", None) == {}})
+
+    data = write_rows(tmp_path / "dolly.jsonl", SYNTHETIC_ROWS["dolly"])
+    cfg = tiny_config("sft", "lora", data, tmp_path / "runs", max_steps=2, precision="bf16")
+    run = engine.train(cfg, quiet=True, callbacks=[Flags()])
+    assert seen and all(flags == {False} for flags in seen)  # the last forward of each step ran under autocast
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["precision"] == "bf16"
+
+
 # --------------------------------------------------------------------------- parity with the fp32 run
 
 STEPS = 8

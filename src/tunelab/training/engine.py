@@ -156,7 +156,9 @@ def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds,
         if trainer.is_world_process_zero():
             (run_dir / "config.yaml").write_text(cfg.to_yaml())
         started = time.time()
-        with compiled_blocks(model, cfg.train.compile):
+        # Under compile, inductor fuses peft's input casts away; eager, the adapters skip them.
+        skip_casts = plan.autocast_bf16 and not cfg.train.compile
+        with compiled_blocks(model, cfg.train.compile), precision.adapters_take_autocast_inputs(model, skip_casts):
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         train_seconds = time.time() - started
         best = trainer.best.summary() if trainer.best is not None else {}

@@ -106,22 +106,37 @@ def store_frozen(model, base_dtype: str) -> int:
 
 @contextmanager
 def adapters_take_autocast_inputs(model, active: bool):
-    """Under bf16 autocast, stop peft's adapter layers casting their (bf16) input to the adapter's
-    fp32 weight dtype: autocast casts it straight back to bf16 for the matmul, so the round trip
-    (two copies per adapter layer, forward and backward) changes no value and only costs time.
-    Only for the span of the autocast training loop: outside autocast the cast is what makes a
-    bf16 activation meet an fp32 adapter weight. Plain LoRA layers only: a variant (DoRA) computes
-    more than matmuls from the input, and there the dtype does change values.
+    """Within the block, peft's plain LoRA layers skip casting their input to the adapter's fp32
+    weight dtype **whenever they run under autocast**: autocast casts that input straight back to
+    bf16 for the matmul, so the round trip (two copies per adapter layer, forward and backward)
+    changes no value and only costs time. Outside autocast (generation during RLHF, a reference or
+    reward forward the stage runs itself, evaluation after training) the cast is what makes a bf16
+    activation meet an fp32 adapter weight, so each layer decides at every call, in a forward
+    pre-hook, from the autocast state it runs under. Only plain LoRA layers without dropout: a
+    variant (DoRA) computes more than matmuls from the input, and dropout would scale it in bf16.
+    Yields the number of layers it reaches."""
+    import torch
 
-    Not wired into the engine yet: with it around trainer.train() the full suite on an AMX machine
-    failed (RLHF generates inside the training loop, outside autocast); see docs/performance.md."""
-    layers = [m for m in model.modules()
-              if getattr(m, "cast_input_dtype_enabled", None) is True and getattr(m, "lora_variant", None) == {}
-              ] if active else []
-    for layer in layers:
-        layer.cast_input_dtype_enabled = False
+    def decide(layer, args, kwargs):
+        x = args[0] if args else kwargs.get("x")
+        under_autocast = isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type)
+        layer.cast_input_dtype_enabled = not under_autocast
+
+    layers = [m for m in model.modules() if _plain_lora_without_dropout(m)] if active else []
+    hooks = [layer.register_forward_pre_hook(decide, with_kwargs=True) for layer in layers]
     try:
         yield len(layers)
     finally:
+        for hook in hooks:
+            hook.remove()
         for layer in layers:
             layer.cast_input_dtype_enabled = True
+
+
+def _plain_lora_without_dropout(module) -> bool:
+    import torch
+
+    if getattr(module, "cast_input_dtype_enabled", None) is not True or getattr(module, "lora_variant", None) != {}:
+        return False
+    dropouts = getattr(module, "lora_dropout", None)
+    return dropouts is not None and all(isinstance(d, torch.nn.Identity) for d in dropouts.values())
