@@ -19,7 +19,8 @@ from tunelab.core.errors import TunelabError
 from tunelab.methods import METHODS
 from tunelab.runs.directory import read_jsonl
 from tunelab.training import engine
-from tunelab.training.precision import Bf16Support, Plan, adapters_take_autocast_inputs, choose, store_frozen
+from tunelab.training.precision import (Bf16Support, Plan, adapters_take_autocast_inputs, bf16_support, choose,
+                                        store_frozen)
 
 AMX = Bf16Support(supported=True, fast=True)  # also a CUDA GPU with bf16
 AVX512_BF16 = Bf16Support(supported=True, fast=False)  # bf16 runs, slower than fp32 (the dev machine)
@@ -154,8 +155,8 @@ def test_adapters_outside_autocast_keep_their_input_cast_within_the_block():
     assert switched > 0 and torch.equal(plain, outside)
 
 
-@pytest.mark.skipif(not engine.precision.bf16_support().supported, reason="this CPU has no native bf16")
-def test_training_under_autocast_skips_the_adapter_casts_and_restores_them(tmp_path):
+@pytest.mark.skipif(not bf16_support().supported, reason="this CPU has no native bf16")
+def test_training_under_autocast_skips_the_adapter_casts(tmp_path):
     """The engine wires the switch around training when the step runs under bf16 autocast."""
     from conftest import SYNTHETIC_ROWS, write_rows
     from transformers import TrainerCallback
@@ -164,7 +165,7 @@ def test_training_under_autocast_skips_the_adapter_casts_and_restores_them(tmp_p
 
     class Flags(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            seen.append({getattr(m, "cast_input_dtype_enabled") for m in model.modules()
+            seen.append({m.cast_input_dtype_enabled for m in model.modules()
                          if getattr(m, "lora_variant", None) == {}})
 
     data = write_rows(tmp_path / "dolly.jsonl", SYNTHETIC_ROWS["dolly"])
