@@ -76,6 +76,45 @@ def test_per_example_attention_matches_the_block_mask_in_logits_and_gradients():
         torch.testing.assert_close(g1[name], g0[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("length, upcast", [(40, True), (packed_attention.FP32_TRAINING_SEGMENT + 8, False)])
+def test_short_bf16_training_segments_attend_in_fp32(length, upcast):
+    """A short bf16 segment that trains attends in fp32 (CPU flash-attention backward is slower in
+    bf16 there): output and gradients stay bf16, and sit within bf16 rounding of the fp32 truth."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, heads, length, 16, generator=g) for heads in (4, 2, 2))
+    grad = torch.randn(1, 4, length, 16, generator=g)
+    q32, k32, v32 = (t.clone().requires_grad_() for t in (q, k, v))
+    F.scaled_dot_product_attention(q32, k32, v32, is_causal=True, enable_gqa=True).backward(grad)
+    q16, k16, v16 = (t.to(torch.bfloat16).requires_grad_() for t in (q, k, v))
+    calls = []
+    original = F.scaled_dot_product_attention
+
+    def spy(query, *args, **kwargs):
+        calls.append(query.dtype)
+        return original(query, *args, **kwargs)
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        packed_attention.F.scaled_dot_product_attention = spy
+        try:
+            out = packed_attention._causal_attention(q16, k16, v16, 0.0, None, True)
+        finally:
+            packed_attention.F.scaled_dot_product_attention = original
+    out.backward(grad.to(torch.bfloat16))
+    assert calls == [torch.float32 if upcast else torch.bfloat16]
+    assert out.dtype == q16.grad.dtype == torch.bfloat16
+    reference = original(q32.detach(), k32.detach(), v32.detach(), is_causal=True, enable_gqa=True)
+    torch.testing.assert_close(out.float(), reference, atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(q16.grad.float(), q32.grad, atol=5e-2, rtol=5e-2)
+    with torch.no_grad():  # inference keeps the faster bf16 forward
+        calls.clear()
+        packed_attention.F.scaled_dot_product_attention = spy
+        try:
+            packed_attention._causal_attention(q16, k16, v16, 0.0, None, True)
+        finally:
+            packed_attention.F.scaled_dot_product_attention = original
+        assert calls == [torch.bfloat16]
+
+
 def test_sft_models_train_with_per_example_attention(tmp_path, monkeypatch, synthetic_data):
     """A real (in-process) packed SFT run: the training forwards go through the per-example
     attention, split at exactly the boundaries of the examples packed into each row."""

@@ -1,0 +1,120 @@
+"""One autograd node per LoRA layer in training: the frozen matmul and the low-rank update together.
+
+peft's `lora.Linear` computes ``base(x) + lora_B(lora_A(x)) * scaling`` as separate modules, and
+under bf16 autocast that is, per adapted layer and micro-batch: a cast of each adapter weight to
+bf16 (and of its gradient back), the base matmul, two rank-r matmuls, a scale and an add over the
+whole (tokens x out) output, and in backward the same again plus a sum of the two input gradients.
+On a CPU those elementwise passes and autograd nodes cost about as much as the small matmuls
+themselves (docs/performance.md, the profile). `lora_linear_function()` does the same arithmetic with
+the scale folded into B and the update added in place by ``addmm_``:
+
+    forward   y  = x Wᵀ (+ b);  xa = x Aᵀ;  y += xa (sB)ᵀ
+    backward  g_B = s gᵀ xa;  g_xa = g (sB);  g_A = g_xaᵀ x;  g_x = g W + g_xa A
+
+in the compute dtype (bf16 under autocast, else the input's dtype), with the adapter's gradients
+returned in its own dtype (fp32), as the optimizer expects. It is a training-time path only:
+`fused_lora_layers` switches plain LoRA layers (one active adapter, no dropout, no DoRA or other
+variant, an `nn.Linear` base, not merged) to it for the duration of a block and restores peft's
+forward after; everything else keeps peft's own forward. Saved adapters are untouched peft state.
+"""
+from __future__ import annotations
+
+import functools
+from contextlib import contextmanager
+
+from ..core.lazy import torch
+
+
+def _compute_dtype(x):
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+@functools.cache
+def lora_linear_function():
+    """The autograd Function (built on first use, so importing this module does not import torch)."""
+
+    class LoraLinearFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float):
+            dtype = _compute_dtype(x)
+            with torch.autocast(x.device.type, enabled=False):
+                xc = x.to(dtype)
+                w = weight.to(dtype)
+                a = lora_a.to(dtype)
+                b_scaled = (lora_b * scaling).to(dtype)
+                flat = xc.reshape(-1, xc.shape[-1])
+                out = flat @ w.t() if bias is None else torch.addmm(bias.to(dtype), flat, w.t())
+                xa = flat @ a.t()
+                out.addmm_(xa, b_scaled.t())
+            ctx.save_for_backward(flat, w, a, b_scaled, xa)
+            ctx.scaling = scaling
+            ctx.shapes = (x.shape, x.dtype, bias is not None)
+            ctx.param_dtypes = (lora_a.dtype, lora_b.dtype, weight.requires_grad, weight.dtype)
+            return out.reshape(*x.shape[:-1], out.shape[-1])
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            flat, w, a, b_scaled, xa = ctx.saved_tensors
+            x_shape, x_dtype, has_bias = ctx.shapes
+            a_dtype, b_dtype, weight_trains, weight_dtype = ctx.param_dtypes
+            with torch.autocast(grad_out.device.type, enabled=False):
+                g = grad_out.reshape(-1, grad_out.shape[-1]).to(w.dtype)
+                g_xa = g @ b_scaled  # (tokens, r)
+                grad_b = (g.t() @ xa).mul_(ctx.scaling).to(b_dtype) if ctx.needs_input_grad[4] else None
+                grad_a = (g_xa.t() @ flat).to(a_dtype) if ctx.needs_input_grad[3] else None
+                grad_x = None
+                if ctx.needs_input_grad[0]:
+                    grad_x = (g @ w).addmm_(g_xa, a).to(x_dtype).reshape(x_shape)
+                grad_w = (g.t() @ flat).to(weight_dtype) if weight_trains and ctx.needs_input_grad[1] else None
+                grad_bias = g.sum(0).to(weight_dtype) if has_bias and ctx.needs_input_grad[2] else None
+            return grad_x, grad_w, grad_bias, grad_a, grad_b, None
+
+    return LoraLinearFunction
+
+
+def fusable(layer) -> bool:
+    """A peft LoRA Linear whose forward is exactly base(x) + B(A(x))·s: what the fused node computes."""
+    if type(layer).__name__ != "Linear" or not hasattr(layer, "lora_A") or not hasattr(layer, "base_layer"):
+        return False
+    if not isinstance(layer.base_layer, torch.nn.Linear) or getattr(layer, "fan_in_fan_out", False):
+        return False
+    if getattr(layer, "lora_variant", None) or getattr(layer, "merged_adapters", None):
+        return False
+    active = [name for name in layer.active_adapters if name in layer.lora_A]
+    if len(active) != 1:
+        return False
+    name = active[0]
+    if layer.lora_A[name].bias is not None or layer.lora_B[name].bias is not None:
+        return False
+    return isinstance(layer.lora_dropout[name], torch.nn.Identity)
+
+
+def _fused_forward(layer):
+    peft_forward = layer.forward
+
+    def forward(x, *args, **kwargs):
+        if args or kwargs or layer.disable_adapters or layer.merged or not torch.is_grad_enabled():
+            return peft_forward(x, *args, **kwargs)
+        (name,) = [n for n in layer.active_adapters if n in layer.lora_A]
+        base = layer.base_layer
+        return lora_linear_function().apply(x, base.weight, base.bias, layer.lora_A[name].weight,
+                                        layer.lora_B[name].weight, float(layer.scaling[name]))
+
+    return forward
+
+
+@contextmanager
+def fused_lora_layers(model, active: bool = True):
+    """Within the block, every fusable LoRA layer of ``model`` trains through `LoraLinearFunction`
+    (only while gradients are on: evaluation and generation inside the block keep peft's forward).
+    Yields the number of layers switched."""
+    layers = [m for m in model.modules() if fusable(m)] if active else []
+    for layer in layers:
+        layer.forward = _fused_forward(layer)
+    try:
+        yield len(layers)
+    finally:
+        for layer in layers:
+            del layer.forward  # the instance attribute: the class's (peft's) forward again
