@@ -102,7 +102,9 @@ def smol(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("gguf-smol")
     data = write_rows(root / "dolly.jsonl", SYNTHETIC_ROWS["dolly"])
-    config = tiny_config("sft", "lora", data, root / "runs", max_steps=2, lr=5e-3)  # lr: a LoRA that matters
+    # lr: a LoRA that matters. fp32: the same weights on every CPU (bf16 autocast on an AMX CPU once gave a
+    # model whose 15th greedy token was a 0.004-logit tie, which F16 rounding rightly flips).
+    config = tiny_config("sft", "lora", data, root / "runs", max_steps=2, lr=5e-3, precision="fp32")
     config["data"]["eval_fraction"] = 0.0  # no eval pass: the test measures the export, not the run
     run = train({**config, "model": "smollm2-135m"}, quiet=True)
     exports = {

@@ -125,6 +125,7 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 def test_click_through_judgements_in_headless_chromium(server, files, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
@@ -139,11 +140,17 @@ def test_click_through_judgements_in_headless_chromium(server, files, tmp_path):
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.implicitly_wait(15)  # element lookups wait for the page that a click or refresh loads
 
+    def wait_until_left(old_page) -> None:
+        # While the page is being replaced, chromedriver sometimes answers a probe of the old element with
+        # "unhandled inspector error" instead of "stale element" (seen once under load): poll again.
+        WebDriverWait(driver, 15, ignored_exceptions=(WebDriverException,)).until(
+            expected_conditions.staleness_of(old_page))
+
     def submit(button_id: str) -> None:
         """Click a form button and wait until the browser has left the current page."""
         old_page = driver.find_element(By.TAG_NAME, "html")
         driver.find_element(By.ID, button_id).click()
-        WebDriverWait(driver, 15).until(expected_conditions.staleness_of(old_page))
+        wait_until_left(old_page)
     expected = []
     try:
         driver.get(url + "/")
@@ -156,7 +163,7 @@ def test_click_through_judgements_in_headless_chromium(server, files, tmp_path):
             if step == 1:
                 old_page = driver.find_element(By.TAG_NAME, "html")
                 driver.refresh()  # reloading shows the same, unjudged item (maybe swapped) and loses nothing
-                WebDriverWait(driver, 15).until(expected_conditions.staleness_of(old_page))  # not the old page's nodes
+                wait_until_left(old_page)  # not the old page's nodes
                 assert driver.find_element(By.ID, "prompt").text == prompt
                 left, right = driver.find_element(By.ID, "left-text").text, driver.find_element(By.ID, "right-text").text
                 driver.find_element(By.ID, "rate-left-5").click()
