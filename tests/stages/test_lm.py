@@ -115,6 +115,31 @@ def test_short_bf16_training_segments_attend_in_fp32(length, upcast):
         assert calls == [torch.bfloat16]
 
 
+def test_under_autocast_a_promoted_fp32_query_still_attends_in_fp32_and_returns_bf16():
+    """Full fine-tuning: fp32 rotary tables promote query and key to fp32 while value stays bf16, and
+    CPU autocast would cast all three down to the slow bf16 kernel; the segment attends in fp32 and
+    hands back what autocast would have (bf16)."""
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(1, heads, 30, 16, generator=g).requires_grad_() for heads in (4, 2))
+    v = torch.randn(1, 2, 30, 16, generator=g).to(torch.bfloat16).requires_grad_()
+    calls = []
+    original = F.scaled_dot_product_attention
+
+    def spy(query, key, value, *args, **kwargs):
+        calls.append((query.dtype, key.dtype, value.dtype, torch.is_autocast_enabled("cpu")))
+        return original(query, key, value, *args, **kwargs)
+
+    packed_attention.F.scaled_dot_product_attention = spy
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = packed_attention._causal_attention(q, k, v, 0.0, None, True)
+    finally:
+        packed_attention.F.scaled_dot_product_attention = original
+    out.float().sum().backward()
+    assert calls == [(torch.float32, torch.float32, torch.float32, False)]
+    assert out.dtype == torch.bfloat16 and v.grad.dtype == torch.bfloat16 and q.grad.dtype == torch.float32
+
+
 def test_sft_models_train_with_per_example_attention(tmp_path, monkeypatch, synthetic_data):
     """A real (in-process) packed SFT run: the training forwards go through the per-example
     attention, split at exactly the boundaries of the examples packed into each row."""

@@ -67,14 +67,18 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, 
 
 
 def _causal_attention(query, key, value, dropout, scaling, gqa: bool):
-    """One packed example's causal SDPA; a short bf16/fp16 training segment on a CPU in fp32 (see above)."""
-    upcast = (query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16) and query.requires_grad
-              and query.shape[2] <= FP32_TRAINING_SEGMENT and torch.is_grad_enabled())
+    """One packed example's causal SDPA; a short training segment that would attend in bf16/fp16 on a
+    CPU attends in fp32 instead (see above). "Would": the inputs' dtype, or autocast's, which casts
+    SDPA's inputs down even when rotary embeddings in fp32 have promoted the query and key to fp32."""
+    on_cpu = query.device.type == "cpu"
+    low = torch.get_autocast_dtype("cpu") if on_cpu and torch.is_autocast_enabled("cpu") else query.dtype
+    upcast = (on_cpu and low in (torch.bfloat16, torch.float16) and query.requires_grad and torch.is_grad_enabled()
+              and query.shape[2] <= FP32_TRAINING_SEGMENT)
     if upcast:
         with torch.autocast("cpu", enabled=False):  # CPU autocast would cast the inputs straight back to bf16
             out = F.scaled_dot_product_attention(query.float(), key.float(), value.float(), dropout_p=dropout,
                                                  scale=scaling, is_causal=True, enable_gqa=gqa)
-        return out.to(query.dtype)
+        return out.to(low)
     return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling, is_causal=True,
                                           enable_gqa=gqa)
 
