@@ -77,7 +77,7 @@ def test_per_example_attention_matches_the_block_mask_in_logits_and_gradients():
 
 
 @pytest.mark.parametrize("length, upcast", [(40, True), (packed_attention.FP32_TRAINING_SEGMENT + 8, False)])
-def test_short_bf16_training_segments_attend_in_fp32(length, upcast):
+def test_short_bf16_training_segments_attend_in_fp32(length, upcast, monkeypatch):
     """A short bf16 segment that trains attends in fp32 (CPU flash-attention backward is slower in
     bf16 there): output and gradients stay bf16, and sit within bf16 rounding of the fp32 truth."""
     g = torch.Generator().manual_seed(0)
@@ -93,12 +93,9 @@ def test_short_bf16_training_segments_attend_in_fp32(length, upcast):
         calls.append(query.dtype)
         return original(query, *args, **kwargs)
 
+    monkeypatch.setattr(packed_attention.F, "scaled_dot_product_attention", spy)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        packed_attention.F.scaled_dot_product_attention = spy
-        try:
-            out = packed_attention._causal_attention(q16, k16, v16, 0.0, None, True)
-        finally:
-            packed_attention.F.scaled_dot_product_attention = original
+        out = packed_attention._causal_attention(q16, k16, v16, 0.0, None, True)
     out.backward(grad.to(torch.bfloat16))
     assert calls == [torch.float32 if upcast else torch.bfloat16]
     assert out.dtype == q16.grad.dtype == torch.bfloat16
@@ -107,15 +104,11 @@ def test_short_bf16_training_segments_attend_in_fp32(length, upcast):
     torch.testing.assert_close(q16.grad.float(), q32.grad, atol=5e-2, rtol=5e-2)
     with torch.no_grad():  # inference keeps the faster bf16 forward
         calls.clear()
-        packed_attention.F.scaled_dot_product_attention = spy
-        try:
-            packed_attention._causal_attention(q16, k16, v16, 0.0, None, True)
-        finally:
-            packed_attention.F.scaled_dot_product_attention = original
+        packed_attention._causal_attention(q16, k16, v16, 0.0, None, True)
         assert calls == [torch.bfloat16]
 
 
-def test_under_autocast_a_promoted_fp32_query_still_attends_in_fp32_and_returns_bf16():
+def test_under_autocast_a_promoted_fp32_query_still_attends_in_fp32_and_returns_bf16(monkeypatch):
     """Full fine-tuning: fp32 rotary tables promote query and key to fp32 while value stays bf16, and
     CPU autocast would cast all three down to the slow bf16 kernel; the segment attends in fp32 and
     hands back what autocast would have (bf16)."""
@@ -129,12 +122,9 @@ def test_under_autocast_a_promoted_fp32_query_still_attends_in_fp32_and_returns_
         calls.append((query.dtype, key.dtype, value.dtype, torch.is_autocast_enabled("cpu")))
         return original(query, key, value, *args, **kwargs)
 
-    packed_attention.F.scaled_dot_product_attention = spy
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = packed_attention._causal_attention(q, k, v, 0.0, None, True)
-    finally:
-        packed_attention.F.scaled_dot_product_attention = original
+    monkeypatch.setattr(packed_attention.F, "scaled_dot_product_attention", spy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = packed_attention._causal_attention(q, k, v, 0.0, None, True)
     out.float().sum().backward()
     assert calls == [(torch.float32, torch.float32, torch.float32, False)]
     assert out.dtype == torch.bfloat16 and v.grad.dtype == torch.bfloat16 and q.grad.dtype == torch.float32

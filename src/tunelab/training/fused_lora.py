@@ -50,25 +50,30 @@ def lora_linear_function():
                 out.addmm_(xa, b_scaled.t())
             ctx.save_for_backward(flat, w, a, b_scaled, xa)
             ctx.scaling = scaling
-            ctx.shapes = (x.shape, x.dtype, bias is not None)
-            ctx.param_dtypes = (lora_a.dtype, lora_b.dtype, weight.requires_grad, weight.dtype)
+            ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
+            # the dtypes each gradient is returned in (a bias may train, with peft's `bias` option)
+            ctx.grad_dtypes = (weight.dtype, None if bias is None else bias.dtype, lora_a.dtype, lora_b.dtype)
             return out.reshape(*x.shape[:-1], out.shape[-1])
 
         @staticmethod
         def backward(ctx, grad_out):
             flat, w, a, b_scaled, xa = ctx.saved_tensors
-            x_shape, x_dtype, has_bias = ctx.shapes
-            a_dtype, b_dtype, weight_trains, weight_dtype = ctx.param_dtypes
+            weight_dtype, bias_dtype, a_dtype, b_dtype = ctx.grad_dtypes
+            needs_x, needs_w, needs_bias, needs_a, needs_b, _ = ctx.needs_input_grad
+            grad_x = grad_w = grad_bias = grad_a = grad_b = None
             with torch.autocast(grad_out.device.type, enabled=False):
                 g = grad_out.reshape(-1, grad_out.shape[-1]).to(w.dtype)
                 g_xa = g @ b_scaled  # (tokens, r)
-                grad_b = (g.t() @ xa).mul_(ctx.scaling).to(b_dtype) if ctx.needs_input_grad[4] else None
-                grad_a = (g_xa.t() @ flat).to(a_dtype) if ctx.needs_input_grad[3] else None
-                grad_x = None
-                if ctx.needs_input_grad[0]:
-                    grad_x = (g @ w).addmm_(g_xa, a).to(x_dtype).reshape(x_shape)
-                grad_w = (g.t() @ flat).to(weight_dtype) if weight_trains and ctx.needs_input_grad[1] else None
-                grad_bias = g.sum(0).to(weight_dtype) if has_bias and ctx.needs_input_grad[2] else None
+                if needs_b:
+                    grad_b = (g.t() @ xa).mul_(ctx.scaling).to(b_dtype)
+                if needs_a:
+                    grad_a = (g_xa.t() @ flat).to(a_dtype)
+                if needs_x:
+                    grad_x = (g @ w).addmm_(g_xa, a).to(ctx.x_dtype).reshape(ctx.x_shape)
+                if needs_w:
+                    grad_w = (g.t() @ flat).to(weight_dtype)
+                if needs_bias:
+                    grad_bias = g.sum(0).to(bias_dtype)
             return grad_x, grad_w, grad_bias, grad_a, grad_b, None
 
     return LoraLinearFunction
@@ -100,14 +105,14 @@ def _fused_forward(layer):
         (name,) = [n for n in layer.active_adapters if n in layer.lora_A]
         base = layer.base_layer
         return lora_linear_function().apply(x, base.weight, base.bias, layer.lora_A[name].weight,
-                                        layer.lora_B[name].weight, float(layer.scaling[name]))
+                                            layer.lora_B[name].weight, float(layer.scaling[name]))
 
     return forward
 
 
 @contextmanager
 def fused_lora_layers(model, active: bool = True):
-    """Within the block, every fusable LoRA layer of ``model`` trains through `LoraLinearFunction`
+    """Within the block, every fusable LoRA layer of ``model`` trains through `lora_linear_function()`
     (only while gradients are on: evaluation and generation inside the block keep peft's forward).
     Yields the number of layers switched."""
     layers = [m for m in model.modules() if fusable(m)] if active else []
