@@ -99,8 +99,7 @@ def _build_tiny_llama(out: Path) -> None:
         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
-    torch.manual_seed(0)  # same name -> same weights, on every machine
-    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
+    _save_seeded(LlamaForCausalLM, config, out)
     tok.save_pretrained(out)
 
 
@@ -113,9 +112,25 @@ def _build_tiny_bert(out: Path) -> None:
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=512,
     )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(out, safe_serialization=True)
+    _save_seeded(BertModel, config, out)
     tok.save_pretrained(out)
+
+
+def _save_seeded(model_class, config, out: Path) -> None:
+    """A randomly initialised model from seed 0 (same name -> same weights, on every machine), saved
+    quietly. Building it neither moves the caller's RNG (a first use on a fresh machine would otherwise
+    change what the caller draws next) nor prints a progress bar (a config error must stay one line)."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model_class(config).save_pretrained(out, safe_serialization=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 @dataclass(frozen=True)
