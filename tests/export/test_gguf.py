@@ -7,6 +7,9 @@ the CLI path and the file layout quickly; the refusals need no model at all.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -32,6 +35,11 @@ HELD_OUT = ("The lighthouse keeper climbed the spiral stairs every evening at du
             "ferry would sail in the morning. Years later, when the light was automated and the keeper's cottage "
             "became a museum, she gave the logbooks to the town library, where anyone can still read about the "
             "night of the great storm.")
+# The Q8_0 agreement is a rate: 167 positions of one paragraph measure it to +-1.8 points, so it is
+# measured over real held-out text long enough to pin it (the Wikipedia sample bundled as the
+# forgetting probe, CC BY-SA; see data/text/README.md): ~5,500 positions, +-0.3 points.
+WIKIPEDIA = Path(__file__).resolve().parents[2] / "data" / "text" / "wikipedia_sample.jsonl"
+AGREEMENT_ARTICLES, AGREEMENT_TOKENS = 6, 1000
 PROMPTS = [[{"role": "user", "content": "Write one sentence about the sea."}], "The three primary colours are"]
 
 
@@ -68,14 +76,20 @@ def hf_logits(model, ids: list[int]) -> np.ndarray:
     return model(input_ids=torch.tensor([ids])).logits[0].float().numpy()  # (T, V)
 
 
+def top_two(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per position: the top token and its lead over the runner-up, in logits."""
+    top2 = np.sort(logits, axis=-1)[:, -2:]
+    return logits.argmax(-1), top2[:, 1] - top2[:, 0]
+
+
 def cpp_logits(llm, ids: list[int]) -> np.ndarray:
     llm.reset()
     llm.eval(ids)
     return np.array(llm.scores[: len(ids)])  # (T, V); needs logits_all=True
 
 
-def open_llama(path, **kwargs):
-    return llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=2, logits_all=True, verbose=False, **kwargs)
+def open_llama(path, n_ctx=256, **kwargs):
+    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=2, logits_all=True, verbose=False, **kwargs)
 
 
 @pytest.fixture
@@ -118,8 +132,11 @@ def smol(tmp_path_factory):
     # transformers' side, computed once for every test below (the slow part on 2 cores)
     prompts = [_ids(tokenizer, prompt) for prompt in PROMPTS]
     held_out = tokenizer(HELD_OUT)["input_ids"]
+    articles = [json.loads(line)["text"] for line in WIKIPEDIA.read_text().splitlines()[:AGREEMENT_ARTICLES]]
+    long_texts = [tokenizer(text)["input_ids"][:AGREEMENT_TOKENS] for text in articles]
     reference = {"greedy": [hf_greedy(merged, ids, GREEDY_TOKENS) for ids in prompts],
-                 "held_out": held_out, "held_out_logits": hf_logits(merged, held_out)}
+                 "held_out": held_out, "held_out_logits": hf_logits(merged, held_out),
+                 "long_texts": long_texts, "long_top": [top_two(hf_logits(merged, ids)) for ids in long_texts]}
     return {"run": run, "tokenizer": tokenizer, "prompts": prompts, **reference, **exports}
 
 
@@ -133,20 +150,22 @@ def test_q8_0_agrees_on_the_top_token_of_a_held_out_text(smol, llama_file):
     """Q8_0 rounds weights (and llama.cpp the activations) to 8 bits: the top token may flip where
     transformers' top two are nearly tied, never where it is clearly decided.
 
-    On this 135M model about 65% of held-out positions are led by less than one logit. llama.cpp picks
-    its Q8_0 kernels by CPU, and so does the figure: 95.8% of all positions on an Intel Xeon with AMX,
-    92.8-94.0% on an AMD EPYC (167 positions, so one position is 0.6%). The file llama.cpp's own
-    convert_hf_to_gguf.py writes for the same merged model is byte-identical, and keeping the tied
-    embedding/output matrix in F16 moved nothing (95.8% either way), so the spread is Q8_0's, not
-    this writer's; the bars below hold on both CPUs.
+    About a third of the positions of real text are led by less than half a logit on this 135M
+    model. Measured over the first 1,000 tokens of six Wikipedia articles (~5,500 positions), never
+    trained on (the README's export section has the figures). The file llama.cpp's own convert_hf_to_gguf.py
+    writes for the same merged model is byte-identical, so the flips are Q8_0's, not this writer's.
     """
-    ids, expected = smol["held_out"], smol["held_out_logits"]
-    top2 = np.sort(expected, axis=-1)[:, -2:]
-    decided = top2[:, 1] - top2[:, 0] >= 0.5  # positions where transformers' top-1 leads by >= 0.5 logit
-    agree = cpp_logits(llama_file(smol["q8_0"]), ids).argmax(-1) == expected.argmax(-1)
-    assert len(ids) > 150 and decided.sum() > 50
-    assert agree[decided].mean() >= 0.99, f"decided positions: top-1 agreement {agree[decided].mean():.3f}"
-    assert agree.mean() >= 0.90, f"all positions: top-1 agreement {agree.mean():.3f} over {len(ids)}"
+    llm = llama_file(smol["q8_0"], n_ctx=AGREEMENT_TOKENS)
+    agree, decided = [], []
+    for ids, (argmax, lead) in zip(smol["long_texts"], smol["long_top"]):
+        agree.append(cpp_logits(llm, ids).argmax(-1) == argmax)
+        decided.append(lead >= 0.5)  # transformers' top-1 leads by >= 0.5 logit
+    agree, decided = np.concatenate(agree), np.concatenate(decided)
+    print(f"Q8_0 top-1 agreement {agree.mean():.4f} over {len(agree)} positions, "
+          f"{agree[decided].mean():.4f} over the {decided.sum()} decided ones")
+    assert len(agree) > 5000 and decided.sum() > 2500
+    assert agree[decided].mean() >= 0.99, f"decided positions: top-1 agreement {agree[decided].mean():.4f}"
+    assert agree.mean() >= 0.95, f"all positions: top-1 agreement {agree.mean():.4f} over {len(agree)}"
     assert smol["q8_0"].stat().st_size < 0.6 * smol["f16"].stat().st_size  # it really is 8-bit
 
 
