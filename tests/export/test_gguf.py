@@ -37,7 +37,7 @@ HELD_OUT = ("The lighthouse keeper climbed the spiral stairs every evening at du
             "night of the great storm.")
 # The Q8_0 agreement is a rate: 167 positions of one paragraph measure it to +-1.8 points, so it is
 # measured over real held-out text long enough to pin it (the Wikipedia sample bundled as the
-# forgetting probe, CC BY-SA; see data/text/README.md): ~5,500 positions, +-0.3 points.
+# forgetting probe, CC BY-SA; see data/text/README.md): 6,000 positions, +-0.3 points.
 WIKIPEDIA = Path(__file__).resolve().parents[2] / "data" / "text" / "wikipedia_sample.jsonl"
 AGREEMENT_ARTICLES, AGREEMENT_TOKENS = 6, 1000
 PROMPTS = [[{"role": "user", "content": "Write one sentence about the sea."}], "The three primary colours are"]
@@ -151,9 +151,10 @@ def test_q8_0_agrees_on_the_top_token_of_a_held_out_text(smol, llama_file):
     transformers' top two are nearly tied, never where it is clearly decided.
 
     About a third of the positions of real text are led by less than half a logit on this 135M
-    model. Measured over the first 1,000 tokens of six Wikipedia articles (~5,500 positions), never
-    trained on (the README's export section has the figures). The file llama.cpp's own convert_hf_to_gguf.py
-    writes for the same merged model is byte-identical, so the flips are Q8_0's, not this writer's.
+    model. Measured over the first 1,000 tokens of six Wikipedia articles (6,000 positions), never
+    trained on (the README's export section has the figures). The file llama.cpp's own
+    convert_hf_to_gguf.py writes for the same merged model is byte-identical, so the flips are
+    Q8_0's, not this writer's.
     """
     llm = llama_file(smol["q8_0"], n_ctx=AGREEMENT_TOKENS)
     agree, decided = [], []
