@@ -20,6 +20,7 @@ from ..runs.open import check_links, load_links
 from ..stages import STAGES
 from . import precision, trackers, warm_start
 from .compiled import compiled_blocks
+from .fast_dropout import fast_dropout
 from .fused_lora import fused_lora_layers
 from .progress import format_duration, library_output
 
@@ -158,10 +159,11 @@ def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds,
             (run_dir / "config.yaml").write_text(cfg.to_yaml())
         started = time.time()
         # Under compile, inductor fuses the adapters' small ops and peft's input casts; eager, plain LoRA
-        # layers train as one fused autograd node each, and any other adapter skips the casts.
+        # layers train as one fused autograd node each, any other adapter skips the casts, and dropout
+        # masks come from a faster generator than PyTorch's CPU bernoulli_.
         eager = not cfg.train.compile
         with compiled_blocks(model, cfg.train.compile), fused_lora_layers(model, eager), \
-                precision.adapters_take_autocast_inputs(model, plan.autocast_bf16 and eager):
+                precision.adapters_take_autocast_inputs(model, plan.autocast_bf16 and eager), fast_dropout(model, eager):
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         train_seconds = time.time() - started
         best = trainer.best.summary() if trainer.best is not None else {}
