@@ -59,6 +59,10 @@ class TrainConfig(StrictModel):
         "torch.compile each transformer block for the training steps (dynamic shapes, packed attention left "
         "eager): fewer, fused kernels per step for a one-off compile at the first step (about 50 s for "
         "smollm2-135m on 2 cores, less with a warm cache); pays off on long runs. Not for stage rlhf."))
+    fast_dropout: bool = Field(True, description=(
+        "While training on a CPU, draw dropout masks (a BERT backbone's, an adapter's) from numpy's PCG64 instead of "
+        "PyTorch's bernoulli_, ~5x faster (the same rate, repeatable under train.seed); false: PyTorch's own "
+        "dropout, bit-identical with runs made before it existed."))
     scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after warmup.")
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Share of steps spent warming up linearly.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")

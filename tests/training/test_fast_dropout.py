@@ -147,8 +147,9 @@ def test_inactive_switch_changes_nothing():
         assert all("forward" not in vars(m) for m in model.modules() if isinstance(m, torch.nn.Dropout))
 
 
-@pytest.mark.parametrize("compile_", [False, True])
-def test_the_engine_trains_through_the_fast_mask_eagerly_only(tmp_path, monkeypatch, compile_):
+@pytest.mark.parametrize("compile_,switch", [(False, True), (True, True), (False, False)],
+                         ids=["eager", "compile", "train.fast_dropout=false"])
+def test_the_engine_trains_through_the_fast_mask_eagerly_only(tmp_path, monkeypatch, compile_, switch):
     from conftest import SYNTHETIC_ROWS, tiny_config, write_rows
 
     from tunelab.training import engine
@@ -159,10 +160,10 @@ def test_the_engine_trains_through_the_fast_mask_eagerly_only(tmp_path, monkeypa
     if compile_:  # compiled blocks keep torch's own dropout (no compile here: the switch alone is checked)
         monkeypatch.setattr(engine, "compiled_blocks", lambda model, active: fd.fast_dropout(model, False))
     data = write_rows(tmp_path / "cls.jsonl", SYNTHETIC_ROWS["classification"])
-    cfg = tiny_config("classify", "lora", data, tmp_path / "runs", max_steps=2, compile=compile_)
+    cfg = tiny_config("classify", "lora", data, tmp_path / "runs", max_steps=2, compile=compile_, fast_dropout=switch)
     cfg.update(model="tiny-bert")
     engine.train(cfg, quiet=True)
-    if compile_:
+    if compile_ or not switch:
         assert drawn == []
     else:
         assert any(len(shape) == 4 for shape in drawn)  # attention probabilities

@@ -163,7 +163,8 @@ def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds,
         # masks come from a faster generator than PyTorch's CPU bernoulli_.
         eager = not cfg.train.compile
         with compiled_blocks(model, cfg.train.compile), fused_lora_layers(model, eager), \
-                precision.adapters_take_autocast_inputs(model, plan.autocast_bf16 and eager), fast_dropout(model, eager):
+                precision.adapters_take_autocast_inputs(model, plan.autocast_bf16 and eager), \
+                fast_dropout(model, eager and cfg.train.fast_dropout):
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         train_seconds = time.time() - started
         best = trainer.best.summary() if trainer.best is not None else {}
