@@ -81,5 +81,27 @@ def run_child(script: str, argv: list[str], label: str) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
+def add_child_arguments(parser, paths) -> None:
+    """The options of the parent/child protocol every bench shares: tunelab overrides, which path a
+    child runs, and the dtype the parent chose for the peer's best path."""
+    parser.add_argument("--tunelab-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra tunelab config override (repeatable)")
+    parser.add_argument("--child", choices=paths)
+    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="fp32")
+
+
+def chosen_paths(spec: str, known) -> list[str]:
+    """``--paths a,b`` as a list; exits with one `error:` line for a path the bench does not have."""
+    paths = spec.split(",")
+    if any(p not in known for p in paths):
+        sys.exit(f"error: unknown path in --paths {spec!r} (paths: {', '.join(known)})")
+    return paths
+
+
+def tunelab_set_argv(args) -> list[str]:
+    """The parent's ``--tunelab-set`` overrides, passed on to a child."""
+    return [f"--tunelab-set={override}" for override in args.tunelab_set]
+
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "n/a"

@@ -32,12 +32,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, emit, machine_report, ratio, run_child
+from _common import REPO, add_child_arguments, chosen_paths, emit, machine_report, ratio, run_child, tunelab_set_argv
 
 DATA = REPO / "data/spam/email_train.jsonl"
 PATHS = ("stock", "hf-best", "tunelab")
@@ -137,17 +136,12 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--hf-dtype", choices=["auto", "bf16", "fp32"], default="auto",
                         help="hf-best's dtype (auto: the higher measured matmul peak)")
-    parser.add_argument("--tunelab-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra tunelab config override (repeatable)")
-    parser.add_argument("--child", choices=PATHS)
-    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="fp32")
+    add_child_arguments(parser, PATHS)
     args = parser.parse_args()
     if args.child:
         child(args)
         return
-    paths = args.paths.split(",")
-    if any(p not in PATHS for p in paths):
-        sys.exit(f"error: unknown path in --paths {args.paths!r} (paths: {', '.join(PATHS)})")
+    paths = chosen_paths(args.paths, PATHS)
 
     machine = machine_report()
     dtype = machine["fastest"] if args.hf_dtype == "auto" else args.hf_dtype
@@ -157,7 +151,7 @@ def main() -> None:
     for path in paths:
         argv = ["--child", path, "--dtype", dtype, "--model", args.model, "--rows", str(args.rows),
                 "--batch", str(args.batch), "--max-length", str(args.max_length),
-                *[f"--tunelab-set={override}" for override in args.tunelab_set]]
+                *tunelab_set_argv(args)]
         results[path] = run_child(__file__, argv, f"classify {path}")
 
     print(f"{'path':<8} {'dtype':<5} {'rows':>5} {'rows/s':>7} {'real tok':>8} {'padding':>8} {'train s':>8} "

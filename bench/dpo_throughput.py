@@ -34,12 +34,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, emit, machine_report, ratio, run_child
+from _common import REPO, add_child_arguments, chosen_paths, emit, machine_report, ratio, run_child, tunelab_set_argv
 
 DATA = REPO / "data/preference/hh_helpful_train.jsonl"
 PATHS = ("stock", "trl-best", "tunelab")
@@ -150,17 +149,12 @@ def main() -> None:
                         help="trl-best's dtype (auto: the higher measured matmul peak)")
     parser.add_argument("--trl-precompute-ref", action="store_true",
                         help="trl-best: precompute the reference log-probs before training")
-    parser.add_argument("--tunelab-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra tunelab config override (repeatable)")
-    parser.add_argument("--child", choices=PATHS)
-    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="fp32")
+    add_child_arguments(parser, PATHS)
     args = parser.parse_args()
     if args.child:
         child(args)
         return
-    paths = args.paths.split(",")
-    if any(p not in PATHS for p in paths):
-        sys.exit(f"error: unknown path in --paths {args.paths!r} (paths: {', '.join(PATHS)})")
+    paths = chosen_paths(args.paths, PATHS)
 
     machine = machine_report()
     dtype = machine["fastest"] if args.trl_dtype == "auto" else args.trl_dtype
@@ -170,7 +164,7 @@ def main() -> None:
     for path in paths:
         argv = ["--child", path, "--dtype", dtype, "--pairs", str(args.pairs), "--batch", str(args.batch),
                 "--max-length", str(args.max_length), *(["--trl-precompute-ref"] if args.trl_precompute_ref else []),
-                *[f"--tunelab-set={override}" for override in args.tunelab_set]]
+                *tunelab_set_argv(args)]
         results[path] = run_child(__file__, argv, f"dpo {path}")
 
     print(f"{'path':<9} {'dtype':<5} {'pairs':>5} {'pairs/s':>8} {'tokens':>7} {'padding':>8} {'train s':>8} {'of which ref':>12} "

@@ -56,7 +56,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, emit, machine_report, ratio, run_child
+from _common import REPO, add_child_arguments, emit, machine_report, ratio, run_child, tunelab_set_argv
 
 DATA = [REPO / "data/instruct/dolly_subset.jsonl", REPO / "data/instruct/self_instruct_human.jsonl"]
 PATHS = ("stock", "trl-best", "tunelab", "tunelab-compile")
@@ -221,12 +221,9 @@ def main() -> None:
     parser.add_argument("--tunelab-accum", type=int, default=2, help="micro-batches per optimizer step")
     parser.add_argument("--trl-dtype", choices=["auto", "bf16", "fp32"], default="auto",
                         help="trl-best's dtype (auto: the higher measured matmul peak)")
-    parser.add_argument("--tunelab-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra tunelab config override (repeatable)")
     parser.add_argument("--compile-cache", type=Path, help="tunelab-compile's inductor cache (default: empty per child)")
-    parser.add_argument("--child", choices=PATHS)
     parser.add_argument("--method", choices=METHODS, default="lora")
-    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="fp32")
+    add_child_arguments(parser, PATHS)
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -245,7 +242,7 @@ def main() -> None:
             argv = ["--child", path, "--method", method, "--dtype", dtype, "--examples", str(args.examples),
                     "--max-length", str(args.max_length), "--batch", str(args.batch),
                     "--tunelab-rows", str(args.tunelab_rows), "--tunelab-accum", str(args.tunelab_accum),
-                    *[f"--tunelab-set={override}" for override in args.tunelab_set],
+                    *tunelab_set_argv(args),
                     *(["--compile-cache", str(args.compile_cache)] if args.compile_cache else [])]
             results[method, path] = run_child(__file__, argv, f"{method} {path}")
     rows = _table(results, machine["peaks"], machine["fastest"])

@@ -22,12 +22,16 @@ otherwise the wrapped implementation runs unchanged.
 """
 from __future__ import annotations
 
+import functools
+import math
 from contextlib import contextmanager
 
 from ..core.lazy import torch
 
 _PREFIX = "tunelab_fast_dropout+"
-WRAPPABLE = ("sdpa", "tunelab_packed_sdpa")  # attention implementations that take dropout as an argument
+# attention implementations that take dropout as an argument (the second is models.packed_attention.NAME,
+# spelt out because that module imports torch)
+WRAPPABLE = ("sdpa", "tunelab_packed_sdpa")
 
 
 def keep_mask(shape, p: float) -> tuple["torch.Tensor", float]:
@@ -35,9 +39,7 @@ def keep_mask(shape, p: float) -> tuple["torch.Tensor", float]:
     import numpy as np
 
     threshold = round(p * 65536)
-    count = 1
-    for size in shape:
-        count *= size
+    count = math.prod(shape)
     seed = int(torch.randint(0, 2**62, (1,)).item())  # from torch's generator: torch.manual_seed governs it
     words = np.random.Generator(np.random.PCG64(seed)).bit_generator.random_raw((count + 3) // 4)
     keep = np.greater_equal(words.view(np.uint16)[:count], threshold)  # numpy's compare: ~5x torch's on int16
@@ -45,7 +47,10 @@ def keep_mask(shape, p: float) -> tuple["torch.Tensor", float]:
     return torch.from_numpy(keep.view(np.uint8)).view(shape), 65536 / (65536 - threshold)
 
 
-def _dropout_function():
+@functools.cache
+def dropout_function():
+    """The autograd Function (built on first use, so importing this module does not import torch)."""
+
     class FastDropout(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, p: float):
@@ -62,19 +67,11 @@ def _dropout_function():
     return FastDropout
 
 
-_FUNCTION = None
-
-
 def dropout(x, p: float, training: bool = True):
     """`F.dropout(x, p, training)`, with the fast mask where it applies (CPU, training, gradients on)."""
-    global _FUNCTION
-    if not training or p <= 0 or x.device.type != "cpu" or not torch.is_grad_enabled():
+    if not training or not 0 < p < 1 or x.device.type != "cpu" or not torch.is_grad_enabled():
         return torch.nn.functional.dropout(x, p, training)
-    if p >= 1:
-        return x * 0
-    if _FUNCTION is None:
-        _FUNCTION = _dropout_function()
-    return _FUNCTION.apply(x, p)
+    return dropout_function().apply(x, p)
 
 
 def attention_with_dropout(query, key, value, mask, p: float, scaling, is_causal: bool):
