@@ -178,3 +178,15 @@ def test_a_model_without_attention_dropout_keeps_its_attention_implementation():
     before = model.config._attn_implementation
     with fd.fast_dropout(model):
         assert model.config._attn_implementation == before  # packed-row checks (can_pack) see the stock name
+
+
+def test_train_fast_dropout_takes_a_boolean_and_names_a_bad_value():
+    from tunelab.config import load_config
+    from tunelab.core.errors import TunelabError
+
+    base = {"model": "tiny-bert", "stage": "classify", "method": "lora", "data": {"train": "train.jsonl"}}
+    assert load_config(base).train.fast_dropout is True
+    assert load_config(base, ["train.fast_dropout=false"]).train.fast_dropout is False
+    with pytest.raises(TunelabError) as info:
+        load_config(base, ["train.fast_dropout=maybe"])
+    assert "train.fast_dropout" in str(info.value) and "maybe" in str(info.value) and "\n" not in str(info.value)
