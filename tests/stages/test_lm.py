@@ -217,3 +217,44 @@ def test_loss_normalises_by_tokens_in_the_accumulated_batch():
     n = int((batch["labels"][:, 1:] != IGNORE).sum())
     summed_over_more, _ = _lm.causal_lm_loss(model, batch, num_items_in_batch=torch.tensor(2 * n))
     torch.testing.assert_close(summed_over_more, mean_loss / 2)
+
+
+def test_the_head_runs_in_the_autocast_dtype_of_the_forward_it_replaces():
+    """Mixed precision wraps only the model's forward (accelerate's autocast); the chunked loss computes the
+    LM head outside it, and must run it as the forward would have: bf16 under bf16 autocast, also for an
+    fp32 head (full fine-tuning), and the loss must equal the stock head's under that autocast."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class HeadMatmulDtypes(TorchDispatchMode):
+        def __init__(self, vocab):
+            super().__init__()
+            self.vocab, self.dtypes = vocab, []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default) and out.shape[-1] == self.vocab:
+                self.dtypes.append(out.dtype)
+            return out
+
+    torch.manual_seed(0)
+    model, _ = load_model("tiny-llama")  # fp32 weights, as in full fine-tuning
+    vocab = model.config.vocab_size
+    batch = _lm.PadCollator(pad_token_id=0)(_examples([20, 13, 9], vocab=vocab))
+    stock_forward = model.forward
+    model.forward = torch.autocast("cpu", dtype=torch.bfloat16)(stock_forward)  # what accelerate does
+
+    recorder = HeadMatmulDtypes(vocab)
+    with recorder:
+        loss, _ = _lm.causal_lm_loss(model, batch)
+    assert recorder.dtypes == [torch.bfloat16]
+    assert not torch.is_autocast_enabled("cpu")  # nothing left switched on
+    reference = _plain_loss(model, batch)  # the stock head inside the autocast forward
+    torch.testing.assert_close(loss, reference, atol=2e-3, rtol=2e-3)
+    loss.backward()
+    assert model.get_output_embeddings().weight.grad.dtype == torch.float32
+
+    model.forward = stock_forward  # fp32 forward: the head stays fp32
+    recorder = HeadMatmulDtypes(vocab)
+    with recorder:
+        _lm.causal_lm_loss(model, batch)
+    assert recorder.dtypes == [torch.float32]

@@ -23,6 +23,7 @@ from .compiled import compiled_blocks
 from .fast_dropout import fast_dropout
 from .fused_lora import fused_lora_layers
 from .progress import format_duration, library_output
+from .tied_embedding import sparse_tied_embedding_grads
 
 
 def peak_rss_mb() -> float:
@@ -160,11 +161,13 @@ def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds,
         started = time.time()
         # Under compile, inductor fuses the adapters' small ops and peft's input casts; eager, plain LoRA
         # layers train as one fused autograd node each, any other adapter skips the casts, and dropout
-        # masks come from a faster generator than PyTorch's CPU bernoulli_.
+        # masks come from a faster generator than PyTorch's CPU bernoulli_. A trained embedding tied to
+        # the LM head adds its gradient rows in place (one process: DDP fixes gradient layouts at wrap).
         eager = not cfg.train.compile
         with compiled_blocks(model, cfg.train.compile), fused_lora_layers(model, eager), \
                 precision.adapters_take_autocast_inputs(model, plan.autocast_bf16 and eager), \
-                fast_dropout(model, eager and cfg.train.fast_dropout):
+                fast_dropout(model, eager and cfg.train.fast_dropout), \
+                sparse_tied_embedding_grads(model, single_process()):
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         train_seconds = time.time() - started
         best = trainer.best.summary() if trainer.best is not None else {}
@@ -225,6 +228,11 @@ def _summary_line(cfg: RunConfig, summary: dict, key_metric: str) -> str:
         parts.append(f"{key_metric} {before:.4g} -> {metrics[key_metric]:.4g}" if before is not None
                      else f"{key_metric} {metrics[key_metric]:.4g}")
     return ", ".join(parts)
+
+
+def single_process() -> bool:
+    """True unless torchrun/accelerate launched several processes."""
+    return int(os.environ.get("WORLD_SIZE", "1")) == 1
 
 
 def is_main_process() -> bool:
