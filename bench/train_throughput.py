@@ -4,7 +4,12 @@ Every (method, path) runs in its own child process (so peak RSS is its own), one
 the parent prints the machine first, then one table, then the ratios last.
 
   python bench/train_throughput.py [--methods lora,full] [--paths stock,trl-best,tunelab]
-                                   [--examples 128] [--max-length 512]
+                                   [--examples 128] [--max-length 512] [--rounds 1]
+
+`--rounds N` runs every child N times, the paths in reverse order in every second round, so a
+machine whose speed drifts during the invocation (a shared host: the same child has varied by up
+to 40% from one run to the next) slows both sides of a comparison alike. The table then has one
+row per round; each ratio is given per round and as their median.
 
 All paths: smollm2-135m, the same first N real instruction examples (data/instruct/, natural
 length spread), max_length 512, one epoch. Methods: `lora` (r=16, alpha=32, all linear layers,
@@ -51,6 +56,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -180,33 +186,40 @@ def child(args) -> None:
 
 
 def _table(results: dict, peaks: dict, fastest: str) -> dict:
+    """One row per (method, path, round); returns each row's figures under the same key."""
     body, head = linear_weights(next(iter(results.values()))["model_dir"])
-    print(f"{'method':<6} {'path':<15} {'dtype':<5} {'useful tok/s':>12} {'padding':>8} {'useful tok':>10} "
+    print(f"{'method':<6} {'path':<15} {'round':>5} {'dtype':<5} {'useful tok/s':>12} {'padding':>8} {'useful tok':>10} "
           f"{'loss tok':>9} {'train s':>8} {'total s':>8} {'peak RSS MB':>12} {'GFLOP/s':>8} {'/peak':>6} {'load':>5}")
     rows = {}
-    for (method, path), r in results.items():
+    for (method, path, round_), r in sorted(results.items()):
         per_weight = 4 if method == "lora" else 6  # frozen: forward + input grad; trained: + weight grad
         achieved = per_weight * (body * r["useful_tokens"] + head * r["head_tokens"]) / r["seconds"]
-        rows[method, path] = {"tps": r["useful_tokens"] / r["seconds"], "wall": r["seconds"],
-                              "rss": r["peak_rss_mb"], "flops": achieved}
-        print(f"{method:<6} {path:<15} {r['dtype']:<5} {rows[method, path]['tps']:>12.1f} {r['padding']:>8.1%} "
+        row = rows[method, path, round_] = {"tps": r["useful_tokens"] / r["seconds"], "wall": r["seconds"],
+                                            "rss": r["peak_rss_mb"], "flops": achieved}
+        print(f"{method:<6} {path:<15} {round_:>5} {r['dtype']:<5} {row['tps']:>12.1f} {r['padding']:>8.1%} "
               f"{r['useful_tokens']:>10} {r['loss_tokens']:>9} {r['seconds']:>8.1f} {r['process_seconds']:>8.1f} "
               f"{r['peak_rss_mb']:>12.0f} {achieved / 1e9:>8.1f} {achieved / peaks[fastest]:>6.1%} {r['load_end']:>5.1f}")
     return rows
 
 
-def _ratios(rows: dict, methods: list[str], examples: int) -> None:
+def _ratios(rows: dict, methods: list[str], examples: int, rounds: int) -> None:
+    """Per pair of paths: each figure's ratio in every round, and (several rounds) their median."""
     pairs = [(m, ours, other) for m in methods for ours in ("tunelab", "tunelab-compile") for other in ("trl-best", "stock")]
     for method, ours, other in pairs:
-        mine, theirs = rows.get((method, ours)), rows.get((method, other))
-        if mine is None or theirs is None:
+        if (method, ours, 1) not in rows or (method, other, 1) not in rows:
             continue
         targets = TARGETS.get(method, {}) if other == "trl-best" else {}
-        note = lambda key, sign: f" (target {sign} {targets[key]}x)" if key in targets else ""  # noqa: E731
-        print(f"ratios {method} {ours}/{other}: useful tok/s {ratio(mine['tps'], theirs['tps'])}{note('tps', '>=')}, "
-              f"wall time on the same {examples} examples {ratio(mine['wall'], theirs['wall'])}{note('wall', '<=')}, "
-              f"peak RSS {ratio(mine['rss'], theirs['rss'])}{note('rss', '<=')}, "
-              f"achieved FLOP/s {ratio(mine['flops'], theirs['flops'])}")
+
+        def figure(key: str, sign: str) -> str:
+            per_round = [rows[method, ours, r][key] / rows[method, other, r][key] for r in range(1, rounds + 1)]
+            text = f"{statistics.median(per_round):.2f}x"
+            if rounds > 1:
+                text = f"median {text} (rounds {', '.join(f'{x:.2f}x' for x in per_round)})"
+            return text + (f" (target {sign} {targets[key]}x)" if key in targets else "")
+
+        print(f"ratios {method} {ours}/{other}: useful tok/s {figure('tps', '>=')}, "
+              f"wall time on the same {examples} examples {figure('wall', '<=')}, "
+              f"peak RSS {figure('rss', '<=')}, achieved FLOP/s {figure('flops', '>=')}")
 
 
 def main() -> None:
@@ -222,6 +235,8 @@ def main() -> None:
     parser.add_argument("--trl-dtype", choices=["auto", "bf16", "fp32"], default="auto",
                         help="trl-best's dtype (auto: the higher measured matmul peak)")
     parser.add_argument("--compile-cache", type=Path, help="tunelab-compile's inductor cache (default: empty per child)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every child this many times, the paths reversed in every second round")
     parser.add_argument("--method", choices=METHODS, default="lora")
     add_child_arguments(parser, PATHS)
     args = parser.parse_args()
@@ -232,22 +247,26 @@ def main() -> None:
     unknown = [m for m in methods if m not in METHODS] + [p for p in paths if p not in PATHS]
     if unknown:
         sys.exit(f"error: unknown method or path {unknown[0]!r} (methods: {', '.join(METHODS)}; paths: {', '.join(PATHS)})")
+    if args.rounds < 1:
+        sys.exit(f"error: --rounds must be at least 1 (got {args.rounds})")
 
     machine = machine_report()
     dtype = machine["fastest"] if args.trl_dtype == "auto" else args.trl_dtype
     print(f"examples {args.examples}, max_length {args.max_length}; trl-best dtype {dtype}", flush=True)
     results = {}
-    for method in methods:
-        for path in paths:
-            argv = ["--child", path, "--method", method, "--dtype", dtype, "--examples", str(args.examples),
-                    "--max-length", str(args.max_length), "--batch", str(args.batch),
-                    "--tunelab-rows", str(args.tunelab_rows), "--tunelab-accum", str(args.tunelab_accum),
-                    *tunelab_set_argv(args),
-                    *(["--compile-cache", str(args.compile_cache)] if args.compile_cache else [])]
-            results[method, path] = run_child(__file__, argv, f"{method} {path}")
+    for round_ in range(1, args.rounds + 1):
+        for method in methods:
+            for path in (paths if round_ % 2 else paths[::-1]):
+                argv = ["--child", path, "--method", method, "--dtype", dtype, "--examples", str(args.examples),
+                        "--max-length", str(args.max_length), "--batch", str(args.batch),
+                        "--tunelab-rows", str(args.tunelab_rows), "--tunelab-accum", str(args.tunelab_accum),
+                        *tunelab_set_argv(args),
+                        *(["--compile-cache", str(args.compile_cache)] if args.compile_cache else [])]
+                label = f"{method} {path}" + (f" round {round_}" if args.rounds > 1 else "")
+                results[method, path, round_] = run_child(__file__, argv, label)
     rows = _table(results, machine["peaks"], machine["fastest"])
-    print("RESULTS " + json.dumps({f"{m} {p}": r for (m, p), r in results.items()}))
-    _ratios(rows, methods, args.examples)
+    print("RESULTS " + json.dumps({" ".join(map(str, key)): r for key, r in results.items()}))
+    _ratios(rows, methods, args.examples, args.rounds)
 
 
 if __name__ == "__main__":
