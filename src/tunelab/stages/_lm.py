@@ -115,35 +115,18 @@ def _unwrap(model):
 
 @contextlib.contextmanager
 def _hidden_states_as_logits(head: torch.nn.Module):
-    """Make the LM head an identity for one forward, so the model returns (B, T, H) hidden states.
-
-    Yields a dict that, once the forward has run, holds the autocast state the head was called under
-    (``"autocast"``: None, or (device type, dtype)): the Trainer's mixed precision wraps the model's
-    forward only, and the loss re-enters that state so the head's matmul runs as it would have inside."""
-    original, seen = head.forward, {"autocast": None}
-
-    def identity(hidden):
-        device = hidden.device.type
-        if torch.is_autocast_enabled(device):
-            seen["autocast"] = (device, torch.get_autocast_dtype(device))
-        return hidden
-
-    head.forward = identity
+    """Make the LM head an identity for one forward, so the model returns (B, T, H) hidden states."""
+    original = head.forward
+    head.forward = lambda hidden: hidden
     try:
-        yield seen
+        yield
     finally:
         head.forward = original
 
 
-def _autocast_as(state):
-    """``torch.autocast`` in the recorded state (see above), or nothing."""
-    return torch.autocast(state[0], dtype=state[1]) if state is not None else contextlib.nullcontext()
-
-
 def _chunk_ce(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    # (chunk, V) in the head weight's dtype (bf16 when the frozen base is stored in bf16), or in
-    # autocast's dtype when the caller re-entered the forward's autocast (an fp32 head under bf16
-    # mixed precision: full fine-tuning; in fp32 this matmul took ~10% of a full-FT step).
+    # (chunk, V) in the head weight's dtype: bf16 when the frozen base is stored in bf16. The Trainer's
+    # autocast wraps only the model's forward, not this loss, so the dtypes are matched here.
     logits = hidden.to(weight.dtype) @ weight.t()
     return F.cross_entropy(logits.float(), targets, reduction="sum")
 
@@ -180,11 +163,10 @@ def causal_lm_loss(model, batch: dict, num_items_in_batch=None):
     keep = targets != IGNORE  # (B, T-1)
     head = _unwrap(model).get_output_embeddings()
     if type(head) is torch.nn.Linear and head.bias is None:
-        with _hidden_states_as_logits(head) as seen:
+        with _hidden_states_as_logits(head):
             outputs = model(**inputs)
         hidden = outputs.logits[:, :-1][keep]  # (N, H): only positions that carry loss
-        with _autocast_as(seen["autocast"]):
-            loss_sum = chunked_lm_loss_sum(hidden, head.weight, targets[keep])
+        loss_sum = chunked_lm_loss_sum(hidden, head.weight, targets[keep])
     else:  # an adapted/odd LM head: plain full-logits path
         outputs = model(**inputs)
         logits = outputs.logits[:, :-1][keep]
