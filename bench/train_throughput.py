@@ -62,7 +62,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, add_child_arguments, emit, machine_report, ratio, run_child, tunelab_set_argv
+from _common import REPO, add_child_arguments, emit, machine_report, run_child, tunelab_set_argv
 
 DATA = [REPO / "data/instruct/dolly_subset.jsonl", REPO / "data/instruct/self_instruct_human.jsonl"]
 PATHS = ("stock", "trl-best", "tunelab", "tunelab-compile")
