@@ -76,58 +76,72 @@ def test_per_example_attention_matches_the_block_mask_in_logits_and_gradients():
         torch.testing.assert_close(g1[name], g0[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("length, upcast", [(40, True), (packed_attention.FP32_TRAINING_SEGMENT + 8, False)])
-def test_short_bf16_training_segments_attend_in_fp32(length, upcast, monkeypatch):
-    """A short bf16 segment that trains attends in fp32 (CPU flash-attention backward is slower in
-    bf16 there): output and gradients stay bf16, and sit within bf16 rounding of the fp32 truth."""
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, heads, length, 16, generator=g) for heads in (4, 2, 2))
-    grad = torch.randn(1, 4, length, 16, generator=g)
-    q32, k32, v32 = (t.clone().requires_grad_() for t in (q, k, v))
-    F.scaled_dot_product_attention(q32, k32, v32, is_causal=True, enable_gqa=True).backward(grad)
-    q16, k16, v16 = (t.to(torch.bfloat16).requires_grad_() for t in (q, k, v))
-    calls = []
-    original = F.scaled_dot_product_attention
-
-    def spy(query, *args, **kwargs):
-        calls.append(query.dtype)
-        return original(query, *args, **kwargs)
-
-    monkeypatch.setattr(packed_attention.F, "scaled_dot_product_attention", spy)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = packed_attention._causal_attention(q16, k16, v16, 0.0, None, True)
-    out.backward(grad.to(torch.bfloat16))
-    assert calls == [torch.float32 if upcast else torch.bfloat16]
-    assert out.dtype == q16.grad.dtype == torch.bfloat16
-    reference = original(q32.detach(), k32.detach(), v32.detach(), is_causal=True, enable_gqa=True)
-    torch.testing.assert_close(out.float(), reference, atol=3e-2, rtol=3e-2)
-    torch.testing.assert_close(q16.grad.float(), q32.grad, atol=5e-2, rtol=5e-2)
-    with torch.no_grad():  # inference keeps the faster bf16 forward
-        calls.clear()
-        packed_attention._causal_attention(q16, k16, v16, 0.0, None, True)
-        assert calls == [torch.bfloat16]
-
-
-def test_under_autocast_a_promoted_fp32_query_still_attends_in_fp32_and_returns_bf16(monkeypatch):
-    """Full fine-tuning: fp32 rotary tables promote query and key to fp32 while value stays bf16, and
-    CPU autocast would cast all three down to the slow bf16 kernel; the segment attends in fp32 and
-    hands back what autocast would have (bf16)."""
-    g = torch.Generator().manual_seed(0)
-    q, k = (torch.randn(1, heads, 30, 16, generator=g).requires_grad_() for heads in (4, 2))
-    v = torch.randn(1, 2, 30, 16, generator=g).to(torch.bfloat16).requires_grad_()
-    calls = []
-    original = F.scaled_dot_product_attention
+def _spy_sdpa(monkeypatch) -> list:
+    """Record the dtypes (query, key, value) and autocast state of every SDPA call packed attention makes."""
+    calls, original = [], F.scaled_dot_product_attention
 
     def spy(query, key, value, *args, **kwargs):
         calls.append((query.dtype, key.dtype, value.dtype, torch.is_autocast_enabled("cpu")))
         return original(query, key, value, *args, **kwargs)
 
     monkeypatch.setattr(packed_attention.F, "scaled_dot_product_attention", spy)
+    return calls
+
+
+@pytest.mark.parametrize("length, explicit", [(40, True), (packed_attention.EXPLICIT_TRAINING_SEGMENT, True),
+                                              (packed_attention.EXPLICIT_TRAINING_SEGMENT + 8, False)])
+def test_bf16_training_segments_up_to_the_limit_skip_flash_attention(length, explicit, monkeypatch):
+    """A bf16 segment that trains, up to the length limit, runs the explicit matmul attention (CPU
+    flash attention is slow to train through in bf16), longer ones and inference keep SDPA in bf16;
+    either way output and gradients are bf16, within bf16 rounding of the fp32 truth."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, heads, length, 16, generator=g) for heads in (4, 2, 2))
+    grad = torch.randn(1, 4, length, 16, generator=g)
+    q32, k32, v32 = (t.clone().requires_grad_() for t in (q, k, v))
+    F.scaled_dot_product_attention(q32, k32, v32, is_causal=True, enable_gqa=True).backward(grad)
+    q16, k16, v16 = (t.to(torch.bfloat16).requires_grad_() for t in (q, k, v))
+    calls = _spy_sdpa(monkeypatch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = packed_attention._causal_attention(q16, k16, v16, 0.0, None, True)
+    out.backward(grad.to(torch.bfloat16))
+    assert calls == ([] if explicit else [(torch.bfloat16,) * 3 + (True,)])
+    assert out.dtype == q16.grad.dtype == k16.grad.dtype == torch.bfloat16
+    reference = F.scaled_dot_product_attention(q32.detach(), k32.detach(), v32.detach(), is_causal=True,
+                                               enable_gqa=True)
+    torch.testing.assert_close(out.float(), reference, atol=3e-2, rtol=3e-2)
+    for got, truth in ((q16.grad, q32.grad), (k16.grad, k32.grad), (v16.grad, v32.grad)):
+        torch.testing.assert_close(got.float(), truth, atol=5e-2, rtol=5e-2)
+    with torch.no_grad():  # inference keeps the faster bf16 flash forward
+        calls.clear()
+        packed_attention._causal_attention(q16, k16, v16, 0.0, None, True)
+        assert calls == [(torch.bfloat16,) * 3 + (False,)]
+
+
+def test_fp32_training_and_attention_dropout_keep_sdpa(monkeypatch):
+    """The explicit path is for low-precision training only: fp32 segments (no AMX: fp32 training)
+    and segments with attention dropout, which it does not implement, still go to SDPA."""
+    q, k, v = (torch.randn(1, heads, 30, 16).requires_grad_() for heads in (4, 2, 2))
+    calls = _spy_sdpa(monkeypatch)
+    packed_attention._causal_attention(q, k, v, 0.0, None, True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        packed_attention._causal_attention(q, k, v, 0.1, None, True)
+    assert calls == [(torch.float32,) * 3 + (False,), (torch.float32,) * 3 + (True,)]
+
+
+def test_under_autocast_a_promoted_fp32_query_still_takes_the_explicit_path_and_returns_bf16(monkeypatch):
+    """Full fine-tuning: fp32 rotary tables promote query and key to fp32 while value stays bf16; the
+    segment still attends in bf16 on the explicit path (as autocast would have sent it to bf16 SDPA),
+    hands back bf16, and each input gets its gradient in its own dtype."""
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(1, heads, 30, 16, generator=g).requires_grad_() for heads in (4, 2))
+    v = torch.randn(1, 2, 30, 16, generator=g).to(torch.bfloat16).requires_grad_()
+    calls = _spy_sdpa(monkeypatch)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = packed_attention._causal_attention(q, k, v, 0.0, None, True)
     out.float().sum().backward()
-    assert calls == [(torch.float32, torch.float32, torch.float32, False)]
+    assert calls == []
     assert out.dtype == torch.bfloat16 and v.grad.dtype == torch.bfloat16 and q.grad.dtype == torch.float32
+    assert k.grad.dtype == torch.float32 and torch.isfinite(q.grad).all()
 
 
 def test_sft_models_train_with_per_example_attention(tmp_path, monkeypatch, synthetic_data):

@@ -14,13 +14,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .explicit_attention import explicit_causal_attention
+
 NAME = "tunelab_packed_sdpa"
 
-# PyTorch's CPU flash-attention backward is 2-3x slower in bf16 than in fp32 for short sequences
-# (measured fwd+bwd, 9 query / 3 key heads of 64, on an AMX Xeon: 52 tokens 1.39 vs 0.43 ms, 170
-# tokens 4.61 vs 2.34 ms, 300 tokens 6.05 vs 5.75 ms; at 512 bf16 wins, 12.6 vs 13.7 ms), so a
-# training segment up to this length attends in fp32 (which is also the more exact dtype).
-FP32_TRAINING_SEGMENT = 320
+# PyTorch's CPU flash attention is slow to train through in bf16 (its backward above all), so a
+# training segment up to this length that would attend in bf16/fp16 on a CPU runs as batched matmuls
+# and a softmax instead (models/explicit_attention.py: 1.3-2x faster than flash in either dtype
+# from 120 to 500 tokens). It keeps each segment's (heads x tokens x tokens) probabilities for
+# backward, so the length is capped: at 512 that is 4.5 MB per layer for 9 heads in bf16.
+EXPLICIT_TRAINING_SEGMENT = 512
 
 
 _last_segments: tuple = (None, None)  # (position_ids, segments): every layer gets the same tensor
@@ -67,18 +70,16 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, 
 
 
 def _causal_attention(query, key, value, dropout, scaling, gqa: bool):
-    """One packed example's causal SDPA; a short training segment that would attend in bf16/fp16 on a
-    CPU attends in fp32 instead (see above). "Would": the inputs' dtype, or autocast's, which casts
-    SDPA's inputs down even when rotary embeddings in fp32 have promoted the query and key to fp32."""
+    """One packed example's causal attention; a short training segment that would attend in bf16/fp16
+    on a CPU runs the explicit matmul path instead of flash attention (see above). "Would": the
+    inputs' dtype, or autocast's, which casts SDPA's inputs down even when rotary embeddings in fp32
+    have promoted the query and key to fp32."""
     on_cpu = query.device.type == "cpu"
     low = torch.get_autocast_dtype("cpu") if on_cpu and torch.is_autocast_enabled("cpu") else query.dtype
-    upcast = (on_cpu and low in (torch.bfloat16, torch.float16) and query.requires_grad and torch.is_grad_enabled()
-              and query.shape[2] <= FP32_TRAINING_SEGMENT)
-    if upcast:
-        with torch.autocast("cpu", enabled=False):  # CPU autocast would cast the inputs straight back to bf16
-            out = F.scaled_dot_product_attention(query.float(), key.float(), value.float(), dropout_p=dropout,
-                                                 scale=scaling, is_causal=True, enable_gqa=gqa)
-        return out.to(low)
+    if (on_cpu and low in (torch.bfloat16, torch.float16) and query.requires_grad and torch.is_grad_enabled()
+            and not dropout and query.shape[2] <= EXPLICIT_TRAINING_SEGMENT):
+        with torch.autocast("cpu", enabled=False):  # the inputs in one low dtype, as autocast would give SDPA
+            return explicit_causal_attention(query.to(low), key.to(low), value.to(low), scaling)
     return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling, is_causal=True,
                                           enable_gqa=gqa)
 
