@@ -14,7 +14,7 @@ Printed: the machine line and load average, the self time of every profiled op s
 (below), the top-15 ops by self time, and throughput of the profiled steps:
   groups   matmuls (the frozen/base linear layers and the LM head: mm/addmm/bmm/linear);
            LoRA (matmuls with the LoRA rank as one of their sizes); attention (SDPA and its
-           backward); loss (log-softmax, NLL); norms/activations/elementwise (RMSNorm, SiLU,
+           backward, or the ops under the explicit matmul attention); loss (log-softmax, NLL); norms/activations/elementwise (RMSNorm, SiLU,
            rotary, residual adds, LoRA's scale-and-add); casts/copies/fills (dtype casts, .contiguous,
            cat, gathers, zero-fills); optimizer (AdamW and grad clipping, under Optimizer.step or
            _foreach_*); data (ops under the collator); framework (autograd-node and annotation self
@@ -49,7 +49,7 @@ COPIES = re.compile(r"^aten::(copy_|_to_copy|to|clone|contiguous|cat|stack|index
                     r"_index_put_impl_|masked_select|masked_fill_?|embedding|fill_|zero_|zeros|zeros_like|full|"
                     r"empty_like|new_zeros|_unsafe_index|gather|scatter_add_|embedding_dense_backward|"
                     r"resolve_conj|lift_fresh|as_strided_scatter|slice_backward|select_backward)$")
-ATTENTION = re.compile(r"scaled_dot_product|flash_attention|efficient_attention")
+ATTENTION = re.compile(r"scaled_dot_product|flash_attention|efficient_attention|ExplicitCausalAttention")
 LOSS = re.compile(r"log_softmax|nll_loss|cross_entropy")
 
 
@@ -61,7 +61,7 @@ def _group(event, ancestors: list[str], rank: int | None) -> str:
         return "optimizer"
     if name.startswith(("autograd::", "Optimizer.")) or re.search(r"Backward\d*$", name):
         return "framework"
-    if ATTENTION.search(name):
+    if ATTENTION.search(name) or any(ATTENTION.search(a) for a in ancestors):  # the explicit path's bmm/softmax too
         return "attention"
     if LOSS.search(name):
         return "loss"
