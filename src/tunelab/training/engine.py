@@ -22,6 +22,7 @@ from . import precision, trackers, warm_start
 from .compiled import compiled_blocks
 from .fast_dropout import fast_dropout
 from .fused_lora import fused_lora_layers
+from .fused_rms_norm import fused_rms_norms
 from .progress import format_duration, library_output
 from .tied_embedding import sparse_tied_embedding_grads
 
@@ -163,8 +164,10 @@ def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds,
         # layers train as one fused autograd node each, any other adapter skips the casts, and dropout
         # masks come from a faster generator than PyTorch's CPU bernoulli_. A trained embedding tied to
         # the LM head adds its gradient rows in place (one process: DDP fixes gradient layouts at wrap).
+        # Llama-style RMSNorms run as one node that keeps less for backward (eager only, like LoRA's).
         eager = not cfg.train.compile
         with compiled_blocks(model, cfg.train.compile), fused_lora_layers(model, eager), \
+                fused_rms_norms(model, eager), \
                 precision.adapters_take_autocast_inputs(model, plan.autocast_bf16 and eager), \
                 fast_dropout(model, eager and cfg.train.fast_dropout), \
                 sparse_tied_embedding_grads(model, single_process()):
