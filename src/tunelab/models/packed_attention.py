@@ -3,7 +3,8 @@
 Stock transformers turns packed `position_ids` into a dense block-diagonal (T x T) mask, so SDPA
 attends over the whole row (cost ~ T^2) through its masked path, with key/value heads repeated
 for grouped-query attention. Packed examples are independent, so attending within each one
-separately (cost ~ sum of L_i^2) gives the same result with the unmasked causal kernel.
+separately (cost ~ sum of L_i^2) gives the same result with the unmasked causal kernel (or, for a
+short segment training in bf16 on a CPU, the explicit matmul path of ``explicit_attention``).
 
 Registered with transformers' AttentionInterface under `NAME`; a model opts in with
 `model.set_attn_implementation(NAME)`. Anything that is not a maskless packed row (padding
