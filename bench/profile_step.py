@@ -14,8 +14,9 @@ Printed: the machine line and load average, the self time of every profiled op s
 (below), the top-15 ops by self time, and throughput of the profiled steps:
   groups   matmuls (the frozen/base linear layers and the LM head: mm/addmm/bmm/linear);
            LoRA (matmuls with the LoRA rank as one of their sizes); attention (SDPA and its
-           backward, or the ops under the explicit matmul attention); loss (log-softmax, NLL); norms/activations/elementwise (RMSNorm, SiLU,
-           rotary, residual adds, LoRA's scale-and-add); casts/copies/fills (dtype casts, .contiguous,
+           backward, or the ops under the explicit matmul attention); loss (log-softmax, NLL);
+           norms/activations/elementwise (RMSNorm, SiLU, rotary, residual adds, LoRA's
+           scale-and-add); casts/copies/fills (dtype casts, .contiguous,
            cat, gathers, zero-fills); optimizer (AdamW and grad clipping, under Optimizer.step or
            _foreach_*); data (ops under the collator); framework (autograd-node and annotation self
            time); untraced (wall time no op accounts for: Python, the Trainer, the profiler itself)

@@ -14,6 +14,7 @@ differ (Gemma's ``1 + weight``) keep their own forward.
 """
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 
 import torch
@@ -22,8 +23,10 @@ import torch
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, eps: float):
-        rstd = torch.rsqrt(hidden.float().pow(2).mean(-1, keepdim=True).add_(eps))
-        normed = (hidden.float() * rstd).to(hidden.dtype)
+        hidden32 = hidden.float()  # one upcast for both uses (a no-op for fp32 input)
+        rstd = torch.rsqrt(hidden32.pow(2).mean(-1, keepdim=True).add_(eps))
+        normed = (hidden32 * rstd).to(hidden.dtype)
+        del hidden32
         ctx.save_for_backward(hidden, weight, rstd)
         return weight * normed
 
@@ -47,6 +50,7 @@ def rms_norm(hidden, weight, eps: float):
     return _RMSNorm.apply(hidden, weight, eps)
 
 
+@functools.cache
 def _llama_forward_code():
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
