@@ -1,4 +1,4 @@
-"""A trained, tied input embedding gets its gradient rows added in place, not as a second dense matrix.
+"""A trained embedding tied to the LM head: its gradient rows are added into the shared gradient in place.
 
 When the input embedding and the LM head share one weight (SmolLM2, Llama 3.2, Gemma...) and that
 weight trains (full fine-tuning), PyTorch's embedding backward builds a dense (vocab x hidden)
@@ -7,25 +7,30 @@ scatter of the few hundred rows the batch used; autograd then adds that matrix t
 gradient, another full pass. Measured on a 2-core AMX Xeon: fill 27 ms + add 34 ms per micro-batch
 of one 512-token row, ~3% of a full-fine-tuning step (docs/performance.md).
 
-With the embedding's ``sparse`` flag on, its backward returns only the used rows (a sparse
-gradient), and autograd adds those rows into the head's dense gradient in place before the shared
-weight's gradient is accumulated: the same sum, and the optimizer and gradient clipping still see
-one dense fp32 gradient. Should a step use the embedding but not the head (a micro-batch without
-loss positions skips the head), a hook turns the accumulated sparse gradient dense at once.
+Turning the embedding's ``sparse`` flag on removes the fill but not the pass: autograd sums a sparse
+gradient into a dense one out of place (a tensor that is sparse counts as "subclass-like" to its
+in-place rule), copying the (vocab x hidden) matrix once more, 42 ms per micro-batch. So instead,
+while training, the embedding lookup is one autograd function whose backward hands the weight no
+gradient at all: it queues a callback for the end of the backward pass that adds the used rows
+into the weight's accumulated ``.grad`` with ``index_add_``, after the head's dense gradient has
+landed there. The same sum; the optimizer and gradient clipping see one dense fp32 gradient; a
+micro-batch that reaches only the embedding (no loss positions, so no head) starts a dense
+gradient of zeros first.
 
-Single-process runs only: DistributedDataParallel decides at wrap time which parameters get sparse
-gradients, and there the shared weight's gradient is dense.
+Single-process runs only: DistributedDataParallel reduces gradients as autograd accumulates them,
+and rows added after the pass would miss that reduction.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
 
+import torch
+
 
 def tied_trained_embedding(model):
-    """The model's input ``nn.Embedding`` when it shares its weight with the output embeddings and that
-    weight trains; else None."""
-    import torch
-
+    """The model's input ``nn.Embedding`` when it shares its weight with the output embeddings, that
+    weight trains, and the lookup is a plain one (no max_norm renormalising, no frequency scaling,
+    not sparse); else None."""
     get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
     if get_in is None or get_out is None:
         return None
@@ -33,28 +38,55 @@ def tied_trained_embedding(model):
     if not isinstance(embedding, torch.nn.Embedding) or head is None or getattr(head, "weight", None) is None:
         return None
     weight = embedding.weight
-    if head.weight is not weight or not weight.requires_grad or embedding.sparse:
+    plain = embedding.max_norm is None and not embedding.scale_grad_by_freq and not embedding.sparse
+    if head.weight is not weight or not weight.requires_grad or not plain:
         return None
     return embedding
 
 
-def _densify(param) -> None:
-    if param.grad is not None and param.grad.is_sparse:
-        param.grad = param.grad.to_dense()
+class _RowsAddedAfterBackward(torch.autograd.Function):
+    """``F.embedding(ids, weight, padding_idx)``; backward adds the rows into ``weight.grad`` at the end of
+    the pass instead of returning a gradient for autograd to sum."""
+
+    @staticmethod
+    def forward(ctx, ids, weight, padding_idx):
+        ctx.save_for_backward(ids)
+        ctx.weight, ctx.padding_idx = weight, padding_idx
+        return torch.nn.functional.embedding(ids, weight, padding_idx)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (ids,) = ctx.saved_tensors
+        weight, padding_idx = ctx.weight, ctx.padding_idx
+        index, rows = ids.reshape(-1), grad.reshape(-1, grad.size(-1))
+        if padding_idx is not None:  # the padding row gets no gradient, as in F.embedding
+            keep = index != padding_idx
+            index, rows = index[keep], rows[keep]
+
+        def add_rows():
+            if weight.grad is None:  # the head did not run in this micro-batch (and none before it)
+                weight.grad = torch.zeros_like(weight)
+            weight.grad.index_add_(0, index, rows.to(weight.grad.dtype))
+
+        torch.autograd.Variable._execution_engine.queue_callback(add_rows)
+        return None, None, None
 
 
 @contextmanager
-def sparse_tied_embedding_grads(model, active: bool = True):
-    """Within the block, a tied, trained input embedding (see `tied_trained_embedding`) backpropagates
-    sparse rows; restored after. Yields whether it was switched."""
+def embedding_rows_in_place(model, active: bool = True):
+    """Within the block, a tied, trained input embedding (see `tied_trained_embedding`) adds its gradient
+    rows into the shared weight's gradient in place; its forward is restored after. Yields whether it
+    was switched."""
     embedding = tied_trained_embedding(model) if active else None
     if embedding is None:
         yield False
         return
-    embedding.sparse = True
-    hook = embedding.weight.register_post_accumulate_grad_hook(_densify)
+
+    def forward(ids):
+        return _RowsAddedAfterBackward.apply(ids, embedding.weight, embedding.padding_idx)
+
+    embedding.forward = forward
     try:
         yield True
     finally:
-        hook.remove()
-        embedding.sparse = False
+        del embedding.forward  # back to the class's forward
