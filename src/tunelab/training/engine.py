@@ -25,7 +25,6 @@ from .fused_lora import fused_lora_layers
 from .fused_rms_norm import fused_rms_norms
 from .progress import format_duration, library_output
 from .tied_embedding import embedding_rows_in_place
-from .trained_linear import trained_linear_layers
 
 
 def peak_rss_mb() -> float:
@@ -165,16 +164,13 @@ def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds,
         # layers train as one fused autograd node each, any other adapter skips the casts, and dropout
         # masks come from a faster generator than PyTorch's CPU bernoulli_. A trained embedding tied to
         # the LM head adds its gradient rows in place (one process: DDP reduces gradients as they accumulate).
-        # Llama-style RMSNorms run as one node that keeps less for backward (eager only, like LoRA's), and
-        # linear layers that train in fp32 under bf16 autocast cast their weight once per optimizer step and
-        # add their gradient into .grad in place (eager, one process).
+        # Llama-style RMSNorms run as one node that keeps less for backward (eager only, like LoRA's).
         eager = not cfg.train.compile
         with compiled_blocks(model, cfg.train.compile), fused_lora_layers(model, eager), \
                 fused_rms_norms(model, eager), \
                 precision.adapters_take_autocast_inputs(model, plan.autocast_bf16 and eager), \
                 fast_dropout(model, eager and cfg.train.fast_dropout), \
-                embedding_rows_in_place(model, single_process()), \
-                trained_linear_layers(model, eager and single_process()):
+                embedding_rows_in_place(model, single_process()):
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         train_seconds = time.time() - started
         best = trainer.best.summary() if trainer.best is not None else {}
