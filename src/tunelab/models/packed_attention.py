@@ -22,8 +22,9 @@ NAME = "tunelab_packed_sdpa"
 # PyTorch's CPU flash attention is slow to train through in bf16 (its backward above all), so a
 # training segment up to this length that would attend in bf16/fp16 on a CPU runs as batched matmuls
 # and a softmax instead (models/explicit_attention.py: 1.2-2x faster than flash in its faster dtype
-# from 120 to 500 tokens on an AMX Xeon, on par at 60). It keeps each segment's (heads x tokens x tokens) probabilities for
-# backward, so the length is capped: at 512 that is 4.5 MB per layer for 9 heads in bf16.
+# from 120 to 500 tokens on an AMX Xeon, on par at 60). It keeps each segment's (heads x tokens x
+# tokens) probabilities for backward, so the length is capped: at 512 that is 4.5 MB per layer for
+# 9 heads in bf16.
 EXPLICIT_TRAINING_SEGMENT = 512
 
 
