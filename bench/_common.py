@@ -5,10 +5,13 @@ another's warm caches or allocator state; the child prints one ``RESULT {json}``
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,6 +19,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from tunelab.core.machine import describe_machine, machine_line  # noqa: E402
+
+
+def scratch_dir(prefix: str = "tunelab-bench-") -> Path:
+    """A temporary directory removed when this process exits.
+
+    Each measured path writes a model and its data (about half a gigabyte for smollm2-135m); left
+    behind, a few bench invocations fill a small disk.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def matmul_peak_flops(dtype_name: str, size: int = 2048, reps: int = 10) -> float:

@@ -32,11 +32,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, add_child_arguments, chosen_paths, emit, machine_report, ratio, run_child, tunelab_set_argv
+from _common import REPO, add_child_arguments, chosen_paths, emit, machine_report, ratio, run_child, scratch_dir, tunelab_set_argv
 
 DATA = REPO / "data/spam/email_train.jsonl"
 PATHS = ("stock", "hf-best", "tunelab")
@@ -68,7 +67,7 @@ def run_hf(args, best: bool) -> dict:
     encoded = tokenizer([r["text"] for r in rows], truncation=True, max_length=args.max_length)
     data = Dataset.from_dict({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
                               "labels": [labels.index(r["label"]) for r in rows]})
-    options = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch, num_train_epochs=1,
+    options = dict(output_dir=str(scratch_dir("classify-bench-")), per_device_train_batch_size=args.batch, num_train_epochs=1,
                    learning_rate=2e-3, report_to=[], save_strategy="no", logging_steps=10, use_cpu=True,
                    disable_tqdm=True)
     if best:
@@ -100,7 +99,7 @@ def run_tunelab(args) -> dict:
     from tunelab.inference.classify import encode_texts
     from tunelab.models import SEQ_CLS, load_model
 
-    work = Path(tempfile.mkdtemp())
+    work = scratch_dir("classify-bench-")
     rows = _rows(args.rows)
     data = work / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -34,11 +34,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, add_child_arguments, chosen_paths, emit, machine_report, ratio, run_child, tunelab_set_argv
+from _common import REPO, add_child_arguments, chosen_paths, emit, machine_report, ratio, run_child, scratch_dir, tunelab_set_argv
 
 DATA = REPO / "data/preference/hh_helpful_train.jsonl"
 PATHS = ("stock", "trl-best", "tunelab")
@@ -63,7 +62,7 @@ def run_trl(args, best: bool) -> dict:
     data = [{"prompt": prompt_messages(p["prompt"]),
              "chosen": [{"role": "assistant", "content": p["chosen"].strip()}],
              "rejected": [{"role": "assistant", "content": p["rejected"].strip()}]} for p in _pairs(args.pairs)]
-    common = dict(output_dir=tempfile.mkdtemp(), max_length=args.max_length, per_device_train_batch_size=args.batch,
+    common = dict(output_dir=str(scratch_dir("dpo-bench-")), max_length=args.max_length, per_device_train_batch_size=args.batch,
                   num_train_epochs=1, beta=0.1, learning_rate=4e-4, report_to=[], save_strategy="no",
                   logging_steps=10, use_cpu=True, disable_tqdm=True)
     if best:
@@ -111,7 +110,7 @@ def run_tunelab(args) -> dict:
     from tunelab.models import CAUSAL_LM, load_model
     from tunelab.stages import dpo
 
-    work = Path(tempfile.mkdtemp())
+    work = scratch_dir("dpo-bench-")
     pairs = _pairs(args.pairs)
     data = work / "pairs.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in pairs))

@@ -30,14 +30,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
-from _common import matmul_peak_flops  # noqa: E402  (one matmul probe for every bench)
+from _common import matmul_peak_flops, scratch_dir  # noqa: E402  (one matmul probe for every bench)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -237,7 +236,7 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f} at start", flush=True)
     peak = {"fp32": matmul_peak_flops("float32"), "bf16": matmul_peak_flops("bfloat16")}
     print(f"square-matmul peak: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s", flush=True)
-    root = args.runs or Path(tempfile.mkdtemp(prefix="eval-bench-"))
+    root = args.runs or scratch_dir("eval-bench-")
     root.mkdir(parents=True, exist_ok=True)
     tasks = args.tasks.split(",")
     results: list[dict] = []

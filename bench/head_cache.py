@@ -19,8 +19,9 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
+
+from _common import scratch_dir  # removes itself when the bench exits
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +50,7 @@ def main() -> None:
     import tunelab
     from tunelab.evaluate import evaluate
 
-    work = Path(tempfile.mkdtemp(prefix="head-cache-"))
+    work = scratch_dir("head-cache-")
     cache = work / "features"  # an empty cache, so `cold` really starts cold
     runs = {
         "uncached": {"name": "freeze", "k": 0},

@@ -32,13 +32,12 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import matmul_peak_flops  # noqa: E402  (the same peaks)
+from _common import matmul_peak_flops, scratch_dir  # noqa: E402  (the same peaks)
 from train_throughput import _messages, _rows, linear_weights  # noqa: E402  (the same data)
 from transformers import TrainerCallback  # noqa: E402
 
@@ -190,7 +189,7 @@ def main() -> None:
     from tunelab.models import load_tokenizer, resolve
 
     load_before = os.getloadavg()
-    work = Path(tempfile.mkdtemp())
+    work = scratch_dir("profile-step-")
     data = work / "train.jsonl"
     data.write_text("".join(json.dumps(e) + "\n" for e in _messages(_rows(args.examples))))
     window = ProfileWindow(args.warmup, args.steps, load_tokenizer(args.model).pad_token_id)

@@ -17,9 +17,10 @@ import os
 import platform
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from _common import scratch_dir  # removes itself when the bench exits
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = [REPO / "data/medical/medquad_qa.jsonl", Path("/work/shared/data/medical/medquad_qa.jsonl")]
@@ -74,7 +75,7 @@ def main() -> None:
     overlap = DEFAULT_OVERLAP if args.overlap is None else args.overlap
     rows = [json.loads(line) for line in args.data.open(encoding="utf-8") if line.strip()]
     picked = subset(rows, args.rows, args.seed)
-    work = args.work or Path(tempfile.mkdtemp(prefix="medquad-rag-"))
+    work = args.work or scratch_dir("medquad-rag-")
     work.mkdir(parents=True, exist_ok=True)
     docs = work / f"medquad_{args.rows}_seed{args.seed}.jsonl"
     docs.write_text("".join(json.dumps({"id": r["id"], "answer": r["answer"], "source": r["source"]}) + "\n"

@@ -58,11 +58,10 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, add_child_arguments, emit, machine_report, run_child, tunelab_set_argv
+from _common import REPO, add_child_arguments, emit, machine_report, run_child, scratch_dir, tunelab_set_argv
 
 DATA = [REPO / "data/instruct/dolly_subset.jsonl", REPO / "data/instruct/self_instruct_human.jsonl"]
 PATHS = ("stock", "trl-best", "tunelab", "tunelab-compile")
@@ -108,7 +107,7 @@ def run_trl(args, best: bool) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     rows = _rows(args.examples)
-    common = dict(output_dir=tempfile.mkdtemp(), max_length=args.max_length, num_train_epochs=1, report_to=[],
+    common = dict(output_dir=str(scratch_dir("train-bench-")), max_length=args.max_length, num_train_epochs=1, report_to=[],
                   save_strategy="no", logging_steps=10, use_cpu=True, disable_tqdm=True,
                   learning_rate=2e-4 if args.method == "lora" else 2e-5)
     if best:
@@ -146,11 +145,11 @@ def run_trl(args, best: bool) -> dict:
 
 def run_tunelab(args, compiled: bool = False) -> dict:
     if compiled:  # before torch is imported: inductor reads its cache directory once
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(args.compile_cache or Path(tempfile.mkdtemp()) / "inductor")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(args.compile_cache or scratch_dir("train-bench-") / "inductor")
     import tunelab
     from tunelab.models import resolve
 
-    work = Path(tempfile.mkdtemp())
+    work = scratch_dir("train-bench-")
     data = work / "train.jsonl"
     data.write_text("".join(json.dumps(e) + "\n" for e in _messages(_rows(args.examples))))
     method = ({"name": "lora", "r": 16, "alpha": 32, "target_modules": "all-linear"} if args.method == "lora"
