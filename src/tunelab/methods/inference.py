@@ -10,6 +10,10 @@ adapters, anything that is not a peft model) are returned as they are.
 The copy is put in the fastest dtype for inference here (:func:`fastest_dtype`): bf16 on CUDA
 GPUs that support it and on CPUs with AMX tiles, fp32 elsewhere — the same rule as training's
 ``precision: auto`` (bf16 without AMX is slower than fp32 on CPUs; see docs/performance.md).
+
+Each tensor of the copy is made once, already merged and cast (:func:`_made_tensors` hands them to
+``deepcopy`` as its memo): copying the fp32 model first and merging and casting it afterwards took
+three passes over the weights and, for a moment, a second full-precision model in memory.
 """
 from __future__ import annotations
 
@@ -39,6 +43,69 @@ def _mergeable(model) -> bool:
     return isinstance(model, PeftModel) and not is_prompt_learning(model) and hasattr(model, "merge_and_unload")
 
 
+def _plain_lora_layers(model) -> list | None:
+    """Every adapter layer of a peft LoRA model when each is a vanilla LoRA ``Linear``, else None.
+
+    Vanilla: no variant (DoRA and the like merge differently), no LoRA bias, nothing merged yet;
+    anything else takes peft's own merge.
+    """
+    from peft import PeftModel
+    from peft.tuners.lora.layer import Linear as LoraLinear
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if not isinstance(model, PeftModel) or is_prompt_learning(model):
+        return None
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    for layer in layers:
+        if type(layer) is not LoraLinear or layer.merged or getattr(layer, "lora_variant", None) \
+                or any(layer.lora_bias.get(a, False) for a in layer.active_adapters):
+            return None
+    return layers
+
+
+def _made_tensors(model, dtype, lora_layers: list) -> dict:
+    """``deepcopy`` memo: every floating parameter and buffer of ``model`` copied once, in ``dtype``
+    (None: each in its own dtype).
+
+    A LoRA layer's base weight is merged the way peft merges it (``weight += delta`` in the weight's
+    own dtype, active adapters in order) and then cast, so the values equal peft's merge followed by
+    a cast. Its adapter weights map to themselves: the copy's ``unload`` drops them uncopied.
+    """
+    memo: dict = {}
+    with torch.no_grad():
+        for layer in lora_layers:
+            base = layer.get_base_layer()
+            merged = base.weight.detach().clone()
+            for name in layer.active_adapters:
+                if name in layer.lora_A:
+                    merged += layer.get_delta_weight(name)
+            memo[id(base.weight)] = torch.nn.Parameter(merged.to(dtype or merged.dtype),
+                                                       requires_grad=base.weight.requires_grad)
+            for param in [*layer.lora_A.parameters(), *layer.lora_B.parameters()]:
+                memo[id(param)] = param
+        for param in model.parameters():
+            if id(param) not in memo and param.is_floating_point():
+                made = param.detach().to(dtype or param.dtype, copy=True)
+                memo[id(param)] = torch.nn.Parameter(made, requires_grad=param.requires_grad)
+        for buffer in model.buffers():
+            if id(buffer) not in memo and buffer.is_floating_point():
+                memo[id(buffer)] = buffer.detach().to(dtype or buffer.dtype, copy=True)
+    return memo
+
+
+def _copy(model, dtype, recast: bool):
+    """The merged, cast copy: tensors made once where the layers allow, else peft's merge on a full copy."""
+    lora_layers = _plain_lora_layers(model)
+    if lora_layers is not None or (recast and not _mergeable(model)):
+        memo = _made_tensors(model, dtype if recast else None, lora_layers or [])
+        out = copy.deepcopy(model, memo)
+        return out.unload() if lora_layers is not None else out
+    out = copy.deepcopy(model)
+    if _mergeable(out):
+        out = out.merge_and_unload()
+    return out.to(dtype) if recast else out
+
+
 def inference_model(model, cache: dict | None = None):
     """A model computing what ``model`` computes, for a whole evaluation: adapters merged, in eval mode.
 
@@ -51,13 +118,7 @@ def inference_model(model, cache: dict | None = None):
     param = next(model.parameters(), None)
     dtype = fastest_dtype(param.device) if param is not None else None
     recast = param is not None and param.dtype.is_floating_point and param.dtype != dtype
-    out = model
-    if _mergeable(model) or recast:
-        out = copy.deepcopy(model)
-        if _mergeable(out):
-            out = out.merge_and_unload()
-        if recast:
-            out = out.to(dtype)
+    out = _copy(model, dtype, recast) if _mergeable(model) or recast else model
     out.eval()
     if cache is not None:
         cache[CACHE_KEY] = (model, out)
