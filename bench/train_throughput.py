@@ -30,6 +30,10 @@ dropout 0) and `full` (every weight trains).
             compile time is inside `train s`. Each child starts from an empty inductor cache (the
             first run on a machine) unless --compile-cache DIR is given: a second invocation with
             the same DIR measures the warm case (the compiled kernels come from disk).
+  tunelab-threads
+            the same tokens per optimizer step as `tunelab`, as twice the rows per micro-batch and
+            half the accumulation, each micro-batch's rows split over two threads of one core each
+            (train.row_threads=2; the option's own geometry: 2 rows x 1 by default).
 trl-best and tunelab therefore see ~1,024 token slots per optimizer step; stock sees 8 examples.
 The tokenisations differ (TRL renders SmolLM2's default system prompt, tunelab does not), so
 useful-token totals differ for the same examples: compare the wall time on the same examples
@@ -64,7 +68,7 @@ from pathlib import Path
 from _common import REPO, add_child_arguments, emit, machine_report, run_child, scratch_dir, tunelab_set_argv
 
 DATA = [REPO / "data/instruct/dolly_subset.jsonl", REPO / "data/instruct/self_instruct_human.jsonl"]
-PATHS = ("stock", "trl-best", "tunelab", "tunelab-compile")
+PATHS = ("stock", "trl-best", "tunelab", "tunelab-compile", "tunelab-threads")
 METHODS = ("lora", "full")
 TARGETS = {"lora": {"tps": 3.0, "wall": 0.33, "rss": 0.75}, "full": {"tps": 2.0}}  # tunelab vs trl-best
 
@@ -143,7 +147,7 @@ def run_trl(args, best: bool) -> dict:
             "gradient_checkpointing": bool(config.gradient_checkpointing)}
 
 
-def run_tunelab(args, compiled: bool = False) -> dict:
+def run_tunelab(args, compiled: bool = False, threads: int = 1) -> dict:
     if compiled:  # before torch is imported: inductor reads its cache directory once
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(args.compile_cache or scratch_dir("train-bench-") / "inductor")
     import tunelab
@@ -157,7 +161,8 @@ def run_tunelab(args, compiled: bool = False) -> dict:
     config = {
         "name": "bench", "model": "smollm2-135m", "stage": "sft", "method": method,
         "data": {"train": str(data), "eval_fraction": 0.0},
-        "train": {"epochs": 1, "batch_size": args.tunelab_rows, "grad_accum": args.tunelab_accum,
+        "train": {"epochs": 1, "batch_size": args.tunelab_rows * threads,
+                  "grad_accum": max(1, args.tunelab_accum // threads), "row_threads": threads,
                   "max_length": args.max_length, "save_steps": 0, "logging_steps": 10, "eval_before": False,
                   "lr": 2e-4 if args.method == "lora" else 2e-5},
         "output_dir": str(work / "runs"),
@@ -175,7 +180,8 @@ def run_tunelab(args, compiled: bool = False) -> dict:
 def child(args) -> None:
     started = time.perf_counter()
     if args.child.startswith("tunelab"):
-        result = run_tunelab(args, compiled=args.child == "tunelab-compile")
+        result = run_tunelab(args, compiled=args.child == "tunelab-compile",
+                             threads=2 if args.child == "tunelab-threads" else 1)
     else:
         result = run_trl(args, best=args.child == "trl-best")
     emit(result, started)
@@ -203,7 +209,7 @@ def _table(results: dict, peaks: dict, fastest: str) -> dict:
 
 def _ratios(rows: dict, methods: list[str], examples: int, rounds: int) -> None:
     """Per pair of paths: each figure's ratio in every round, and (several rounds) their median."""
-    pairs = [(m, ours, other) for m in methods for ours in ("tunelab", "tunelab-compile") for other in ("trl-best", "stock")]
+    pairs = [(m, ours, other) for m in methods for ours in ("tunelab", "tunelab-compile", "tunelab-threads") for other in ("trl-best", "stock")]
     for method, ours, other in pairs:
         if (method, ours, 1) not in rows or (method, other, 1) not in rows:
             continue
@@ -225,7 +231,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="lora,full", help="comma-separated: lora, full")
     parser.add_argument("--paths", default="stock,trl-best,tunelab",
-                        help="comma-separated: stock, trl-best, tunelab, tunelab-compile")
+                        help="comma-separated: stock, trl-best, tunelab, tunelab-compile, tunelab-threads")
     parser.add_argument("--examples", type=int, default=128)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--batch", type=int, default=8, help="examples per optimizer step (stock path)")

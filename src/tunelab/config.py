@@ -63,6 +63,12 @@ class TrainConfig(StrictModel):
         "While training on a CPU, draw dropout masks (a BERT backbone's, an adapter's) from numpy's PCG64 instead of "
         "PyTorch's bernoulli_, ~5x faster (the same rate, repeatable under train.seed); false: PyTorch's own "
         "dropout, bit-identical with runs made before it existed."))
+    row_threads: int = Field(1, ge=1, description=(
+        "On a CPU, one process: split each micro-batch's rows over this many threads, each running its "
+        "forward and backward on one core. Faster where a small model's matmuls cannot keep the cores busy "
+        "(smollm2-135m on 2 cores); every thread holds its rows' activations at once. Needs stage sft or "
+        "pretrain, method lora, ia3 or adapter, no dropout, train.batch_size >= row_threads; not with "
+        "train.compile. Use with train.batch_size = row_threads × the rows you would accumulate."))
     scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after warmup.")
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Share of steps spent warming up linearly.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")

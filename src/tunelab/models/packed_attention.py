@@ -36,8 +36,9 @@ def _segments(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
     a new one begins wherever the position does not follow on from the previous one.
     Computed once per forward; the other layers reuse it."""
     global _last_segments
-    if _last_segments[0] is position_ids:
-        return _last_segments[1]
+    last = _last_segments  # one read: another thread (train.row_threads) may replace it meanwhile
+    if last[0] is position_ids:
+        return last[1]
     breaks = position_ids[:, 1:] != position_ids[:, :-1] + 1
     length = position_ids.shape[1]
     bounds = []

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-
 import math
+import threading
 
 from ..core.errors import TunelabError
 from ..core.lazy import F, torch
@@ -113,15 +113,34 @@ def _unwrap(model):
     return model
 
 
+_head_switch = threading.local()  # per thread: is this thread's forward inside _hidden_states_as_logits?
+_head_lock = threading.Lock()
+_head_users: dict = {}  # id(head) -> [threads inside, the head's own forward]
+
+
 @contextlib.contextmanager
 def _hidden_states_as_logits(head: torch.nn.Module):
-    """Make the LM head an identity for one forward, so the model returns (B, T, H) hidden states."""
-    original = head.forward
-    head.forward = lambda hidden: hidden
+    """Make the LM head an identity for one forward, so the model returns (B, T, H) hidden states.
+
+    Thread-safe (train.row_threads runs forwards side by side): the first thread in swaps in a
+    forward that is the identity only for threads inside this context, the last one out restores it.
+    """
+    with _head_lock:
+        users = _head_users.setdefault(id(head), [0, head.forward])
+        if users[0] == 0:
+            original = users[1] = head.forward
+            head.forward = lambda hidden: hidden if getattr(_head_switch, "on", False) else original(hidden)
+        users[0] += 1
+    _head_switch.on = True
     try:
         yield
     finally:
-        head.forward = original
+        _head_switch.on = False
+        with _head_lock:
+            users[0] -= 1
+            if users[0] == 0:
+                head.forward = users[1]
+                del _head_users[id(head)]
 
 
 def _chunk_ce(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

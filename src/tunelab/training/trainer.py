@@ -161,7 +161,11 @@ def make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, level
                 return super().evaluate(*args, **kwargs)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
-            loss = super().training_step(model, inputs, num_items_in_batch)
+            if self._row_threads is not None and num_items_in_batch is not None:
+                step = super().training_step  # each part: its loss sum over the whole step's loss tokens
+                loss = self._row_threads.run(lambda part: step(model, part, num_items_in_batch), inputs)
+            else:
+                loss = super().training_step(model, inputs, num_items_in_batch)
             if os.environ.get("TUNELAB_TEST_NAN_AT_STEP") == str(self.state.global_step + 1):
                 loss = loss * float("nan")  # test hook (tests/test_faults.py): a loss that became NaN
             self._step_losses.append(loss.detach())
@@ -249,6 +253,7 @@ def make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, level
         trainer.add_callback(trainer.best)
     trainer.remove_callback(PrinterCallback)  # it prints every log record on stdout; train.log has them
     trainer._step_losses = []  # this optimizer step's micro-batch losses (see check_losses_finite)
+    trainer._row_threads = None  # set by the engine for train.row_threads > 1 (training/row_threads.py)
     return trainer
 
 

@@ -1,0 +1,142 @@
+"""train.row_threads: a micro-batch's rows trained side by side in threads, same run as one thread."""
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import torch
+
+from conftest import tiny_config, write_config
+from tunelab.core.errors import TunelabError
+from tunelab.stages._lm import _hidden_states_as_logits
+from tunelab.training import row_threads
+from tunelab.training.engine import train
+
+
+def _losses(run_dir) -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [row["loss"] for row in rows if "loss" in row]
+
+
+def _adapter(run_dir) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+
+
+def test_two_row_threads_train_the_same_run_as_one(tmp_path, synthetic_data, monkeypatch):
+    data = synthetic_data("dolly")
+    threads: list[str] = []
+    original = row_threads.RowThreads.run
+
+    def spied(self, step, inputs):  # the real run; records which threads ran the parts
+        def recorded(part):
+            threads.append(threading.current_thread().name)
+            return step(part)
+        return original(self, recorded, inputs)
+
+    monkeypatch.setattr(row_threads.RowThreads, "run", spied)
+    runs = {}
+    for n in (1, 2):
+        config = tiny_config("sft", "lora", data, tmp_path / f"runs{n}", precision="fp32", batch_size=2,
+                             grad_accum=2, row_threads=n)
+        runs[n] = train(config, quiet=True)
+    assert len(threads) >= 2 * 3 and all(name.startswith("tunelab-rows") for name in threads)
+    one, two = _losses(runs[1]), _losses(runs[2])
+    assert len(one) == len(two) == 3
+    assert one == pytest.approx(two, rel=1e-5)
+    a, b = _adapter(runs[1]), _adapter(runs[2])
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5), (key, (a[key] - b[key]).abs().max())
+
+
+def test_rows_split_evenly_and_other_entries_pass_through():
+    pool = row_threads.RowThreads(2)
+    try:
+        inputs = {"input_ids": torch.arange(15).reshape(5, 3), "labels": torch.ones(5, 3), "flag": "x",
+                  "scalar": torch.tensor(2.0)}
+        parts = pool.split(inputs)
+        assert [p["input_ids"].shape[0] for p in parts] == [2, 3]
+        assert torch.equal(torch.cat([p["input_ids"] for p in parts]), inputs["input_ids"])
+        assert all(p["flag"] == "x" and p["scalar"] is inputs["scalar"] for p in parts)
+        assert pool.run(lambda part: part["labels"].sum(), inputs).item() == 15
+    finally:
+        pool.close()
+
+
+def test_a_failing_part_raises_its_error():
+    pool = row_threads.RowThreads(2)
+
+    def step(part):
+        if part["input_ids"][0, 0] > 0:
+            raise ValueError("second half failed")
+        return torch.tensor(1.0)
+
+    try:
+        with pytest.raises(ValueError, match="second half"):
+            pool.run(step, {"input_ids": torch.arange(4).reshape(4, 1)})
+    finally:
+        pool.close()
+
+
+def test_the_head_is_an_identity_only_for_threads_inside_the_switch():
+    head = torch.nn.Linear(4, 6, bias=False)
+    original = head.forward
+    inside, release = threading.Barrier(3), threading.Event()
+    shapes = {}
+
+    def worker(name):
+        with _hidden_states_as_logits(head):
+            inside.wait()
+            shapes[name] = head(torch.ones(1, 4)).shape[-1]
+            release.wait()
+
+    workers = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for w in workers:
+        w.start()
+    inside.wait()
+    outside = head(torch.ones(1, 4)).shape[-1]  # this thread is not inside the switch
+    release.set()
+    for w in workers:
+        w.join()
+    assert shapes == {0: 4, 1: 4} and outside == 6
+    assert head.forward == original  # the last thread out restored the head
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"stage": "classify"}, "needs stage sft or pretrain"),
+    ({"method": {"name": "full"}}, "needs method lora, ia3, adapter"),
+    ({"train": {"compile": True}}, "does not combine with train.compile"),
+    ({"train": {"batch_size": 1}}, "needs train.batch_size >= 2"),
+    ({"method": {"name": "lora", "dropout": 0.1}}, "needs a model without dropout"),
+])
+def test_unsupported_settings_fail_before_the_run_directory_exists(tmp_path, synthetic_data, cli, change, message):
+    config = tiny_config("sft", "lora", synthetic_data("dolly"), tmp_path / "runs", row_threads=2)
+    for key, value in change.items():
+        if key == "stage" and value == "classify":
+            config["stage"] = {"name": "classify"}
+            config["data"]["train"] = str(synthetic_data("classification"))
+        elif isinstance(value, dict) and key == "train":
+            config["train"].update(value)
+        else:
+            config[key] = value
+    code, out, err = cli("train", str(write_config(tmp_path / "run.yaml", config)))
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert lines and message in lines[0] and "Traceback" not in err
+    assert not any((tmp_path / "runs").glob("*/summary.json"))
+    with pytest.raises(TunelabError, match=message.split(" (")[0]):
+        train(config, quiet=True)
+
+
+def test_a_single_row_runs_in_the_calling_thread():
+    pool = row_threads.RowThreads(2)
+    try:
+        names = []
+        pool.run(lambda part: names.append(threading.current_thread().name) or torch.tensor(0.0),
+                 {"input_ids": torch.zeros(1, 3)})
+        assert names == [threading.current_thread().name]
+    finally:
+        pool.close()
