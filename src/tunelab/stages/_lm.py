@@ -126,10 +126,11 @@ def _hidden_states_as_logits(head: torch.nn.Module):
     forward that is the identity only for threads inside this context, the last one out restores it.
     """
     with _head_lock:
-        users = _head_users.setdefault(id(head), [0, head.forward])
-        if users[0] == 0:
-            original = users[1] = head.forward
+        users = _head_users.get(id(head))
+        if users is None:
+            original = head.forward
             head.forward = lambda hidden: hidden if getattr(_head_switch, "on", False) else original(hidden)
+            users = _head_users[id(head)] = [0, original]
         users[0] += 1
     _head_switch.on = True
     try:

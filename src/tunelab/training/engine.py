@@ -98,10 +98,8 @@ def _train(cfg: RunConfig, *, resume: bool, overwrite: bool, level: str, callbac
     if cfg.train.compile and cfg.stage.name == "rlhf":  # it generates inside the training loop: new shapes each step
         raise TunelabError("train.compile=true does not apply to stage rlhf (it generates during training); "
                            "set train.compile to false")
-    row_threads.check_config(cfg)
-    if cfg.train.row_threads > 1 and not single_process():
-        raise TunelabError(f"train.row_threads={cfg.train.row_threads} is for one process on a CPU; "
-                           "with several processes set it to 1")
+    row_threads.check_config(cfg, single_process())
+    row_threads.cap_malloc_arenas(cfg)
     cfg = _unpacked_if_needed(cfg, method)
     run_dir = cfg.run_dir
     main = is_main_process()
@@ -159,8 +157,6 @@ def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds,
         trainer = make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, level, links,
                                resumed_step=int(checkpoint.name.split("-")[-1]) if checkpoint else None,
                                autocast_bf16=plan.autocast_bf16)
-        if cfg.train.row_threads > 1:
-            trainer._row_threads = row_threads.RowThreads(cfg.train.row_threads)
         tracking = trackers.callbacks(cfg, run_dir, tags)
         for callback in [*callbacks, *tracking]:
             trainer.add_callback(callback)
@@ -177,19 +173,16 @@ def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds,
                 fused_rms_norms(model, eager), \
                 precision.adapters_take_autocast_inputs(model, plan.autocast_bf16 and eager), \
                 fast_dropout(model, eager and cfg.train.fast_dropout), \
-                embedding_rows_in_place(model, single_process()):
+                embedding_rows_in_place(model, single_process()), \
+                row_threads.rows_side_by_side(trainer, cfg.train.row_threads):
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         train_seconds = time.time() - started
-        if trainer._row_threads is not None:
-            trainer._row_threads.close()
         best = trainer.best.summary() if trainer.best is not None else {}
         metrics = _final_metrics(trainer, eval_ds, getattr(stage, "LOSS_IS_NLL", False), best.get("best_step"))
         batching = _batching_stats(trainer)
         distributed = _rank_checksums(model)
     except BaseException:
         trackers.close(locals().get("tracking", []))
-        if getattr(locals().get("trainer"), "_row_threads", None) is not None:
-            trainer._row_threads.close()
         if rundir.last_checkpoint(run_dir) is None and not resume and main:
             rundir.clear(run_dir)  # nothing resumable: leave no half-written run behind
         raise

@@ -32,12 +32,13 @@ _M_ARENA_MAX = -8  # glibc mallopt parameter
 ARENAS = 1  # measured on smollm2-135m, 2 threads: the same speed with one arena as with two
 
 
-def check_config(cfg) -> None:
-    """The settings `train.row_threads` > 1 needs, as one `error:` line each; then caps malloc's arenas
-    (before the model loads: a thread that already has an arena keeps it)."""
+def check_config(cfg, one_process: bool) -> None:
+    """The settings `train.row_threads` > 1 needs, as one `error:` line each."""
     n = cfg.train.row_threads
     if n == 1:
         return
+    if not one_process:
+        raise TunelabError(f"train.row_threads={n} is for one process on a CPU; with several processes set it to 1")
     if cfg.stage.name not in STAGES:
         raise TunelabError(f"train.row_threads={n} needs stage {' or '.join(STAGES)} (got stage {cfg.stage.name})")
     if cfg.method.name not in METHODS:
@@ -47,7 +48,6 @@ def check_config(cfg) -> None:
     if cfg.train.batch_size < n:
         raise TunelabError(f"train.row_threads={n} needs train.batch_size >= {n} rows to split "
                            f"(got train.batch_size={cfg.train.batch_size})")
-    _cap_malloc_arenas(ARENAS)
 
 
 def check_model(model, n: int) -> None:
@@ -66,12 +66,29 @@ def check_model(model, n: int) -> None:
                                f"(its config has {key}={value:g})")
 
 
-def _cap_malloc_arenas(n: int) -> None:
-    """Cap glibc's malloc arenas: each new thread otherwise gets its own, and memory freed in one is
-    not reused by another (measured: +800 MB peak for two threads on smollm2-135m, +260 MB capped)."""
+def cap_malloc_arenas(cfg) -> None:
+    """With `train.row_threads` > 1, cap glibc's malloc arenas, before the model loads (a thread that
+    already has an arena keeps it): each new thread otherwise gets its own, and memory freed in one
+    is not reused by another (measured: +800 MB peak for two threads on smollm2-135m, +260 MB capped)."""
+    if cfg.train.row_threads == 1:
+        return
     path = ctypes.util.find_library("c")
     with contextlib.suppress(OSError, AttributeError, TypeError):
-        ctypes.CDLL(path).mallopt(_M_ARENA_MAX, n)
+        ctypes.CDLL(path).mallopt(_M_ARENA_MAX, ARENAS)
+
+
+@contextlib.contextmanager
+def rows_side_by_side(trainer, n: int):
+    """Within the block, ``trainer`` runs each micro-batch's rows in ``n`` threads (nothing for n = 1)."""
+    if n == 1:
+        yield
+        return
+    trainer._row_threads = RowThreads(n)
+    try:
+        yield
+    finally:
+        trainer._row_threads.close()
+        trainer._row_threads = None
 
 
 class RowThreads:
