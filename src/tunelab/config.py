@@ -67,7 +67,7 @@ class TrainConfig(StrictModel):
         "On a CPU, one process: split each micro-batch's rows over this many threads, each running its "
         "forward and backward on one core. Faster where a small model's matmuls cannot keep the cores busy "
         "(smollm2-135m on 2 cores); every thread holds its rows' activations at once. Needs stage sft or "
-        "pretrain, method lora, ia3 or adapter, no dropout, train.batch_size >= row_threads; not with "
+        "pretrain, a method other than prefix or prompt, no dropout, train.batch_size >= row_threads; not with "
         "train.compile. Use with train.batch_size = row_threads × the rows you would accumulate."))
     scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after warmup.")
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Share of steps spent warming up linearly.")

@@ -19,13 +19,17 @@ def _losses(run_dir) -> list[float]:
     return [row["loss"] for row in rows if "loss" in row]
 
 
-def _adapter(run_dir) -> dict:
+def _saved_weights(run_dir) -> dict:
+    """Every tensor the run saved (an adapter, or the whole model for full fine-tuning)."""
     from safetensors.torch import load_file
 
-    return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+    files = sorted(p for p in run_dir.rglob("*.safetensors") if "checkpoints" not in p.parts)
+    assert files, list(run_dir.iterdir())
+    return {f"{path.relative_to(run_dir)}:{key}": value for path in files for key, value in load_file(str(path)).items()}
 
 
-def test_two_row_threads_train_the_same_run_as_one(tmp_path, synthetic_data, monkeypatch):
+@pytest.mark.parametrize("method", ["lora", "full"])  # full: tiny-llama's tied embedding trains
+def test_two_row_threads_train_the_same_run_as_one(tmp_path, synthetic_data, monkeypatch, method):
     data = synthetic_data("dolly")
     threads: list[str] = []
     original = row_threads.RowThreads.run
@@ -39,14 +43,14 @@ def test_two_row_threads_train_the_same_run_as_one(tmp_path, synthetic_data, mon
     monkeypatch.setattr(row_threads.RowThreads, "run", spied)
     runs = {}
     for n in (1, 2):
-        config = tiny_config("sft", "lora", data, tmp_path / f"runs{n}", precision="fp32", batch_size=2,
-                             grad_accum=2, row_threads=n)
+        config = tiny_config("sft", method, data, tmp_path / f"runs{n}", precision="fp32", batch_size=2,
+                             grad_accum=2, row_threads=n, lr=1e-2 if method == "lora" else 1e-3)
         runs[n] = train(config, quiet=True)
     assert len(threads) >= 2 * 3 and all(name.startswith("tunelab-rows") for name in threads)
     one, two = _losses(runs[1]), _losses(runs[2])
     assert len(one) == len(two) == 3
     assert one == pytest.approx(two, rel=1e-5)
-    a, b = _adapter(runs[1]), _adapter(runs[2])
+    a, b = _saved_weights(runs[1]), _saved_weights(runs[2])
     assert a.keys() == b.keys()
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-5), (key, (a[key] - b[key]).abs().max())
@@ -107,7 +111,7 @@ def test_the_head_is_an_identity_only_for_threads_inside_the_switch():
 
 @pytest.mark.parametrize("change,message", [
     ({"stage": "classify"}, "needs stage sft or pretrain"),
-    ({"method": {"name": "full"}}, "needs method lora, ia3, adapter"),
+    ({"method": {"name": "prompt"}}, "needs method full, freeze, head, lora, ia3, adapter"),
     ({"train": {"compile": True}}, "does not combine with train.compile"),
     ({"train": {"batch_size": 1}}, "needs train.batch_size >= 2"),
     ({"method": {"name": "lora", "dropout": 0.1}}, "needs a model without dropout"),
@@ -140,3 +144,26 @@ def test_a_single_row_runs_in_the_calling_thread():
         assert names == [threading.current_thread().name]
     finally:
         pool.close()
+
+
+def test_tied_embedding_rows_wait_until_every_part_has_finished():
+    """Parts' backward passes add the head's gradient into the tied weight's `.grad` under autograd's lock;
+    the embedding's rows, added outside it, must wait for all of them (`RowAdder.held`)."""
+    from tunelab.training.tied_embedding import RowAdder
+
+    weight = torch.nn.Parameter(torch.zeros(5, 2))
+    adder = RowAdder(weight)
+    seen_inside = []
+
+    def step(part):
+        adder.after_backward(part["input_ids"].reshape(-1), torch.ones(part["input_ids"].numel(), 2))
+        seen_inside.append(weight.grad)
+        return torch.tensor(0.0)
+
+    pool = row_threads.RowThreads(2, around=adder.held)
+    try:
+        pool.run(step, {"input_ids": torch.tensor([[1], [3]])})
+    finally:
+        pool.close()
+    assert seen_inside == [None, None]  # nothing was added while the parts ran
+    assert weight.grad[:, 0].tolist() == [0, 1, 0, 1, 0]

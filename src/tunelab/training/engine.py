@@ -173,8 +173,8 @@ def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds,
                 fused_rms_norms(model, eager), \
                 precision.adapters_take_autocast_inputs(model, plan.autocast_bf16 and eager), \
                 fast_dropout(model, eager and cfg.train.fast_dropout), \
-                embedding_rows_in_place(model, single_process()), \
-                row_threads.rows_side_by_side(trainer, cfg.train.row_threads):
+                embedding_rows_in_place(model, single_process()) as tied_rows, \
+                row_threads.rows_side_by_side(trainer, cfg.train.row_threads, tied_rows):
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         train_seconds = time.time() - started
         best = trainer.best.summary() if trainer.best is not None else {}

@@ -10,11 +10,15 @@ loss is its sum over loss tokens divided by the whole step's token count (the Tr
 added to an empty gradient give the same bits in either order; with more threads, or on top of an
 accumulated micro-batch, the order can change the last bits from one run to the next.
 
+A trained embedding tied to the LM head (full fine-tuning of SmolLM2) adds its gradient rows into
+``.grad`` after backward, outside autograd's lock (training/tied_embedding.py): while the parts
+run, those rows wait and are added once every part has finished.
+
 Scope, checked before training starts (:func:`check_config`, :func:`check_model`): stages `sft`
-and `pretrain` (that token-normalised loss), methods that freeze the base (`lora`, `ia3`,
-`adapter`: no trained embedding whose rows are added after backward), eager (not
-`train.compile`), one process, no active dropout (masks drawn in thread order would not repeat
-under `train.seed`). The price is memory: every thread holds its rows' activations at once.
+and `pretrain` (that token-normalised loss), methods `full`, `freeze`, `head`, `lora`, `ia3`,
+`adapter` (not the prompt-learning ones), eager (not `train.compile`), one process, no active
+dropout (masks drawn in thread order would not repeat under `train.seed`). The price is memory:
+every thread holds its rows' activations at once.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from ..core.errors import TunelabError
 from ..core.lazy import torch
 
 STAGES = ("sft", "pretrain")
-METHODS = ("lora", "ia3", "adapter")
+METHODS = ("full", "freeze", "head", "lora", "ia3", "adapter")
 _M_ARENA_MAX = -8  # glibc mallopt parameter
 ARENAS = 1  # measured on smollm2-135m, 2 threads: the same speed with one arena as with two
 
@@ -78,12 +82,13 @@ def cap_malloc_arenas(cfg) -> None:
 
 
 @contextlib.contextmanager
-def rows_side_by_side(trainer, n: int):
-    """Within the block, ``trainer`` runs each micro-batch's rows in ``n`` threads (nothing for n = 1)."""
+def rows_side_by_side(trainer, n: int, tied_rows=None):
+    """Within the block, ``trainer`` runs each micro-batch's rows in ``n`` threads (nothing for n = 1).
+    ``tied_rows``: the tied embedding's `RowAdder`, if the engine switched one on."""
     if n == 1:
         yield
         return
-    trainer._row_threads = RowThreads(n)
+    trainer._row_threads = RowThreads(n, around=tied_rows.held if tied_rows is not None else None)
     try:
         yield
     finally:
@@ -94,8 +99,9 @@ def rows_side_by_side(trainer, n: int):
 class RowThreads:
     """Runs ``step(part)`` for ``n`` row-slices of a batch in ``n`` threads and sums what they return."""
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, around=None):
         self.n = n
+        self.around = around or contextlib.nullcontext  # a context manager the parts run inside
         self.pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="tunelab-rows",
                                        initializer=torch.set_num_threads, initargs=(1,))
 
@@ -109,8 +115,13 @@ class RowThreads:
         parts = [part for part in self.split(inputs) if part["input_ids"].shape[0]]
         if len(parts) == 1:  # one row (an epoch's last micro-batch): every core on it, in this thread
             return step(inputs)
-        futures = [self.pool.submit(step, part) for part in parts]
-        losses = [future.result() for future in futures]  # the first failure is raised here
+        with self.around():
+            futures = [self.pool.submit(step, part) for part in parts]
+            try:
+                losses = [future.result() for future in futures]  # the first failure is raised here
+            finally:
+                for future in futures:  # every part has stopped before the block is left
+                    future.exception()
         return torch.stack(losses).sum()
 
     def close(self) -> None:

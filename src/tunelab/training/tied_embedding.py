@@ -18,10 +18,12 @@ micro-batch that reaches only the embedding (no loss positions, so no head) star
 gradient of zeros first.
 
 Single-process runs only: DistributedDataParallel reduces gradients as autograd accumulates them,
-and rows added after the pass would miss that reduction.
+and rows added after the pass would miss that reduction. With `train.row_threads` the rows of all
+threads' passes wait until every pass has finished (`RowAdder.held`).
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 
 import torch
@@ -44,49 +46,83 @@ def tied_trained_embedding(model):
     return embedding
 
 
+class RowAdder:
+    """Adds gradient rows into ``weight.grad``: at the end of each backward pass, or, while `held`,
+    once after every pass in the block has finished."""
+
+    def __init__(self, weight):
+        self.weight = weight
+        self._held: list | None = None
+        self._lock = threading.Lock()
+
+    def add(self, index, rows) -> None:
+        weight = self.weight
+        if weight.grad is None:  # the head did not run in this micro-batch (and none before it)
+            weight.grad = torch.zeros_like(weight)
+        weight.grad.index_add_(0, index, rows.to(weight.grad.dtype))
+
+    def after_backward(self, index, rows) -> None:
+        with self._lock:
+            if self._held is not None:
+                self._held.append((index, rows))
+                return
+        torch.autograd.Variable._execution_engine.queue_callback(lambda: self.add(index, rows))
+
+    @contextmanager
+    def held(self):
+        """Within the block, rows wait and are added on leaving it. For backward passes that run side by
+        side in threads (train.row_threads): autograd adds each pass's head gradient into ``.grad`` under
+        its own lock, which an ``index_add_`` of ours at the end of one pass would race with."""
+        with self._lock:
+            self._held = []
+        try:
+            yield
+        except BaseException:
+            self._held = None
+            raise
+        with self._lock:
+            held, self._held = self._held, None
+        for index, rows in held:
+            self.add(index, rows)
+
+
 class _RowsAddedAfterBackward(torch.autograd.Function):
-    """``F.embedding(ids, weight, padding_idx)``; backward adds the rows into ``weight.grad`` at the end of
-    the pass instead of returning a gradient for autograd to sum."""
+    """``F.embedding(ids, weight, padding_idx)``; backward hands the rows to a `RowAdder` instead of
+    returning a gradient for autograd to sum."""
 
     @staticmethod
-    def forward(ctx, ids, weight, padding_idx):
+    def forward(ctx, ids, weight, padding_idx, adder):
         ctx.save_for_backward(ids)
-        ctx.weight, ctx.padding_idx = weight, padding_idx
+        ctx.padding_idx, ctx.adder = padding_idx, adder
         return torch.nn.functional.embedding(ids, weight, padding_idx)
 
     @staticmethod
     def backward(ctx, grad):
         (ids,) = ctx.saved_tensors
-        weight, padding_idx = ctx.weight, ctx.padding_idx
         index, rows = ids.reshape(-1), grad.reshape(-1, grad.size(-1))
-        if padding_idx is not None:  # the padding row gets no gradient, as in F.embedding
-            keep = index != padding_idx
+        if ctx.padding_idx is not None:  # the padding row gets no gradient, as in F.embedding
+            keep = index != ctx.padding_idx
             index, rows = index[keep], rows[keep]
-
-        def add_rows():
-            if weight.grad is None:  # the head did not run in this micro-batch (and none before it)
-                weight.grad = torch.zeros_like(weight)
-            weight.grad.index_add_(0, index, rows.to(weight.grad.dtype))
-
-        torch.autograd.Variable._execution_engine.queue_callback(add_rows)
-        return None, None, None
+        ctx.adder.after_backward(index, rows)
+        return None, None, None, None
 
 
 @contextmanager
 def embedding_rows_in_place(model, active: bool = True):
     """Within the block, a tied, trained input embedding (see `tied_trained_embedding`) adds its gradient
-    rows into the shared weight's gradient in place; its forward is restored after. Yields whether it
-    was switched."""
+    rows into the shared weight's gradient in place; its forward is restored after. Yields the
+    `RowAdder` when it was switched, else None."""
     embedding = tied_trained_embedding(model) if active else None
     if embedding is None:
-        yield False
+        yield None
         return
+    adder = RowAdder(embedding.weight)
 
     def forward(ids):
-        return _RowsAddedAfterBackward.apply(ids, embedding.weight, embedding.padding_idx)
+        return _RowsAddedAfterBackward.apply(ids, embedding.weight, embedding.padding_idx, adder)
 
     embedding.forward = forward
     try:
-        yield True
+        yield adder
     finally:
         del embedding.forward  # back to the class's forward
