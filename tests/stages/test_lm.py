@@ -217,11 +217,28 @@ def test_chunked_loss_matches_plain_loss_and_gradients(monkeypatch, chunk):
     reference_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
 
+    rows = []
+    chunk_ce = _lm._chunk_ce
+    monkeypatch.setattr(_lm, "_chunk_ce", lambda h, w, t: rows.append(h.size(0)) or chunk_ce(h, w, t))
     loss, _ = _lm.causal_lm_loss(model, batch)
     loss.backward()
     torch.testing.assert_close(loss, reference, atol=1e-5, rtol=1e-5)
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.grad, reference_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+    # the head's matmuls come in few shapes: each chunk padded with ignored rows (loss positions here: 39)
+    assert rows and all(n % _lm.HEAD_MULTIPLE == 0 for n in rows), rows
+
+
+def test_packed_rows_are_padded_to_a_multiple_of_the_row_width_as_a_segment_of_their_own():
+    rows = _lm.pack_examples(_examples([70, 9, 5]), max_length=80)  # rows of 79 and 5 tokens
+    batch = _lm.PadCollator(pad_token_id=0)(rows)
+    assert batch["input_ids"].shape[1] == 2 * _lm.ROW_MULTIPLE  # 79 -> 128
+    for row, n in zip(batch["position_ids"].tolist(), (79, 5)):
+        assert row[n:] == list(range(len(row) - n))  # the padding starts a segment of its own
+    assert (batch["labels"][:, 79:] == IGNORE).all()
+    from tunelab.training.trainer import _packed_real_tokens
+
+    assert _packed_real_tokens(batch["input_ids"], batch["position_ids"], 0) == 79 + 5  # the run's token count
 
 
 def test_loss_normalises_by_tokens_in_the_accumulated_batch():
@@ -231,3 +248,31 @@ def test_loss_normalises_by_tokens_in_the_accumulated_batch():
     n = int((batch["labels"][:, 1:] != IGNORE).sum())
     summed_over_more, _ = _lm.causal_lm_loss(model, batch, num_items_in_batch=torch.tensor(2 * n))
     torch.testing.assert_close(summed_over_more, mean_loss / 2)
+
+
+def test_explicit_attention_pads_a_segment_to_few_shapes_with_the_same_result(monkeypatch):
+    """A bf16 training segment of 37 tokens attends as 48 (a multiple of SEGMENT_MULTIPLE): the padded
+    keys come after every real query, so output and gradients equal the unpadded path's."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, heads, 37, 16, generator=g).to(torch.bfloat16) for heads in (4, 2, 2))
+    grad = torch.randn(1, 4, 37, 16, generator=g).to(torch.bfloat16)
+    seen = []
+    explicit = packed_attention.explicit_causal_attention
+    monkeypatch.setattr(packed_attention, "explicit_causal_attention",
+                        lambda query, *rest: seen.append(query.shape[2]) or explicit(query, *rest))
+
+    def attend(multiple):
+        monkeypatch.setattr(packed_attention, "SEGMENT_MULTIPLE", multiple)
+        inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = packed_attention._causal_attention(*inputs, 0.0, None, True)
+        out.backward(grad)
+        return out, [t.grad for t in inputs]
+
+    plain_out, plain_grads = attend(1)
+    padded_out, padded_grads = attend(16)
+    assert seen == [37, 48]
+    assert padded_out.shape == plain_out.shape and padded_out.dtype == torch.bfloat16
+    torch.testing.assert_close(padded_out, plain_out, atol=1e-2, rtol=1e-2)
+    for padded, plain in zip(padded_grads, plain_grads):
+        torch.testing.assert_close(padded, plain, atol=1e-2, rtol=1e-2)

@@ -26,6 +26,11 @@ NAME = "tunelab_packed_sdpa"
 # tokens) probabilities for backward, so the length is capped: at 512 that is 4.5 MB per layer for
 # 9 heads in bf16.
 EXPLICIT_TRAINING_SEGMENT = 512
+# The explicit path pads each segment to a multiple of this many tokens: its batched matmuls then
+# come in few shapes (oneDNN compiles and keeps a kernel per shape: ~0.5 MB each on AMX, see
+# stages/_lm.ROW_MULTIPLE), for at most 15 tokens of extra work. The padded keys come after every
+# real query, so the causal mask hides them; the padded queries' outputs are dropped.
+SEGMENT_MULTIPLE = 16
 
 
 _last_segments: tuple = (None, None)  # (position_ids, segments): every layer gets the same tensor
@@ -81,8 +86,13 @@ def _causal_attention(query, key, value, dropout, scaling, gqa: bool):
     low = torch.get_autocast_dtype("cpu") if on_cpu and torch.is_autocast_enabled("cpu") else query.dtype
     if (on_cpu and low in (torch.bfloat16, torch.float16) and query.requires_grad and torch.is_grad_enabled()
             and not dropout and query.shape[2] <= EXPLICIT_TRAINING_SEGMENT):
+        tokens = query.shape[2]
+        extra = -tokens % SEGMENT_MULTIPLE
         with torch.autocast("cpu", enabled=False):  # the inputs in one low dtype, as autocast would give SDPA
-            return explicit_causal_attention(query.to(low), key.to(low), value.to(low), scaling)
+            query, key, value = (F.pad(x.to(low), (0, 0, 0, extra)) if extra else x.to(low)
+                                 for x in (query, key, value))
+            out = explicit_causal_attention(query, key, value, scaling)
+        return out[:, :, :tokens] if extra else out
     return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling, is_causal=True,
                                           enable_gqa=gqa)
 

@@ -12,6 +12,15 @@ from ..data.tokenize import IGNORE
 
 LOSS_CHUNK = 1024  # positions per LM-head chunk: bounds the (chunk, vocab) logits alive at once
 
+# Matmul shapes in few sizes. On CPUs PyTorch runs bf16 matmuls through oneDNN, which JIT-compiles a
+# kernel ("primitive") for every new shape and keeps up to 1,024 of them: with AMX about half a MB
+# each, and 1-17 ms to make. Packed rows whose width varies by a few tokens, and a loss-position
+# count that differs in every micro-batch, made new shapes all run long: measured on smollm2-135m
+# LoRA SFT (128 examples, 22 steps), ~900 primitives and +660 MB of resident memory by the last
+# step (docs/performance.md). Rounded up to these multiples, the shapes repeat after a few steps.
+ROW_MULTIPLE = 64  # packed rows are padded to a multiple of this width (their padding is its own segment)
+HEAD_MULTIPLE = 32  # loss positions per LM-head chunk, padded with zero rows that carry no loss
+
 
 # --------------------------------------------------------------------------- packing
 
@@ -64,13 +73,15 @@ def finish_datasets(train: list[dict], eval_: list[dict], train_cfg, dropped: in
 
 
 class PadCollator:
-    """Right-pad examples into a batch; packed rows get position_ids and no attention_mask.
+    """Right-pad examples into a batch; packed rows get position_ids and no attention_mask, and a
+    width rounded up to a multiple of `ROW_MULTIPLE`.
 
     Counts real vs padded token slots so a run can report its padding fraction.
     """
 
-    def __init__(self, pad_token_id: int):
+    def __init__(self, pad_token_id: int, row_multiple: int = ROW_MULTIPLE):
         self.pad_token_id = pad_token_id
+        self.row_multiple = row_multiple
         self.reset()
 
     def reset(self) -> None:
@@ -79,6 +90,8 @@ class PadCollator:
     def __call__(self, examples: list[dict]) -> dict:
         width = max(len(e["input_ids"]) for e in examples)
         packed = "position_ids" in examples[0]
+        if packed:
+            width += -width % self.row_multiple
         input_ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
         mask = torch.zeros((len(examples), width), dtype=torch.long)
@@ -162,6 +175,9 @@ def chunked_lm_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: tor
     recompute = torch.is_grad_enabled() and hidden.size(0) > LOSS_CHUNK
     for start in range(0, hidden.size(0), LOSS_CHUNK):
         h, t = hidden[start : start + LOSS_CHUNK], targets[start : start + LOSS_CHUNK]
+        extra = -h.size(0) % HEAD_MULTIPLE  # a repeated matmul shape (see HEAD_MULTIPLE); ignored rows
+        if extra:
+            h, t = F.pad(h, (0, 0, 0, extra)), F.pad(t, (0, extra), value=IGNORE)
         if recompute:
             from torch.utils.checkpoint import checkpoint
 
