@@ -43,7 +43,7 @@ def train(
     nproc: int = typer.Option(1, "--nproc", help="Data-parallel processes (torchrun; gloo on CPU, NCCL on GPUs)."),
 ):
     """Train as CONFIG says: a progress line and a summary on stderr; the run directory is the last line of stdout."""
-    from ..training.engine import is_main_process, train as run_training
+    from ..training.engine import is_main_process, single_process, train as run_training
 
     if nproc != 1:
         from ..training.launch import train_distributed
@@ -52,6 +52,10 @@ def train(
                                 verbose=verbose))
         return
     run_dir = run_training(config, overrides or [], resume=resume, overwrite=overwrite, quiet=quiet, verbose=verbose)
+    if not single_process():  # a rank of `--nproc N` (torchrun)
+        from ..training.launch import leave_process_group
+
+        leave_process_group()
     if is_main_process():
         print(run_dir)
 
