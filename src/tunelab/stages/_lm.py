@@ -79,9 +79,8 @@ class PadCollator:
     Counts real vs padded token slots so a run can report its padding fraction.
     """
 
-    def __init__(self, pad_token_id: int, row_multiple: int = ROW_MULTIPLE):
+    def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
-        self.row_multiple = row_multiple
         self.reset()
 
     def reset(self) -> None:
@@ -91,7 +90,7 @@ class PadCollator:
         width = max(len(e["input_ids"]) for e in examples)
         packed = "position_ids" in examples[0]
         if packed:
-            width += -width % self.row_multiple
+            width += -width % ROW_MULTIPLE
         input_ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
         mask = torch.zeros((len(examples), width), dtype=torch.long)

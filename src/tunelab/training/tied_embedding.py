@@ -77,11 +77,10 @@ class RowAdder:
             self._held = []
         try:
             yield
-        except BaseException:
-            self._held = None
-            raise
-        with self._lock:
-            held, self._held = self._held, None
+            held = self._held
+        finally:
+            with self._lock:
+                self._held = None
         for index, rows in held:
             self.add(index, rows)
 
