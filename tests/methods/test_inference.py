@@ -94,3 +94,14 @@ def test_lora_variants_take_peft_merge(variant, fastest):
     assert inference._plain_lora_layers(model) is None
     got, expected = inference.inference_model(model).state_dict(), _reference(model, fastest).state_dict()
     assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+@pytest.mark.parametrize("amx, bf16_ops, probe_faster, expected", [
+    (True, True, False, torch.bfloat16), (False, True, True, torch.bfloat16),
+    (False, True, False, torch.float32), (False, False, True, torch.float32)])
+def test_evaluation_dtype_on_a_cpu_follows_amx_or_the_bf16_probe(monkeypatch, amx, bf16_ops, probe_faster, expected):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: bf16_ops, raising=False)
+    monkeypatch.setattr(inference, "bf16_matmul_faster", lambda: probe_faster)
+    assert inference.fastest_dtype(torch.device("cpu")) == expected

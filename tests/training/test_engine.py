@@ -168,17 +168,21 @@ def test_resume_after_kill(tmp_path, synthetic_data):
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("amx, precision, expected", [
-    (True, "auto", True), (False, "auto", False), (False, "bf16", True), (True, "fp32", False)])
-def test_auto_precision_uses_bf16_only_where_it_is_faster(monkeypatch, amx, precision, expected):
+@pytest.mark.parametrize("amx, probe_faster, precision, expected", [
+    (True, False, "auto", True), (False, False, "auto", False), (False, True, "auto", True),
+    (False, False, "bf16", True), (True, True, "fp32", False), (False, True, "fp32", False)])
+def test_auto_precision_uses_bf16_only_where_it_is_faster(monkeypatch, amx, probe_faster, precision, expected):
+    """AMX is fast in bf16 without asking; without AMX the cached matmul probe decides."""
     import torch
 
+    from tunelab.core import bf16_speed
     from tunelab.training import trainer
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(bf16_speed, "bf16_matmul_faster", lambda: probe_faster)
     assert trainer.use_bf16(precision) is expected
 
 

@@ -41,10 +41,10 @@ def test_two_row_threads_train_the_same_run_as_one(tmp_path, synthetic_data, mon
         return original(self, recorded, inputs)
 
     monkeypatch.setattr(row_threads.RowThreads, "run", spied)
-    runs = {}
+    runs, lr = {}, 1e-2 if method == "lora" else 1e-3
     for n in (1, 2):
         config = tiny_config("sft", method, data, tmp_path / f"runs{n}", precision="fp32", batch_size=2,
-                             grad_accum=2, row_threads=n, lr=1e-2 if method == "lora" else 1e-3)
+                             grad_accum=2, row_threads=n, lr=lr)
         runs[n] = train(config, quiet=True)
     assert len(threads) >= 2 * 3 and all(name.startswith("tunelab-rows") for name in threads)
     one, two = _losses(runs[1]), _losses(runs[2])
@@ -52,8 +52,11 @@ def test_two_row_threads_train_the_same_run_as_one(tmp_path, synthetic_data, mon
     assert one == pytest.approx(two, rel=1e-5)
     a, b = _saved_weights(runs[1]), _saved_weights(runs[2])
     assert a.keys() == b.keys()
+    # Adam moves a weight whose gradient is near zero by up to lr whatever the gradient's size, so the
+    # two summation orders of fp32 gradients may part by a sliver of one step (1.3e-5 at lr 1e-2 seen
+    # on an AMD EPYC); a row left out or counted twice would move the losses above and whole steps here.
     for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-5), (key, (a[key] - b[key]).abs().max())
+        assert torch.allclose(a[key], b[key], atol=lr / 100), (key, (a[key] - b[key]).abs().max())
 
 
 def test_rows_split_evenly_and_other_entries_pass_through():

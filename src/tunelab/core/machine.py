@@ -6,8 +6,7 @@ import platform
 from pathlib import Path
 
 
-def describe_machine() -> dict:
-    """{cpu, cores, arch, amx, avx512_bf16, gpu}: read from /proc/cpuinfo (no torch import)."""
+def _cpuinfo() -> tuple[str, set[str]]:
     cpu, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -17,6 +16,17 @@ def describe_machine() -> dict:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    return cpu, flags
+
+
+def cpu_flags() -> set[str]:
+    """The first CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    return _cpuinfo()[1]
+
+
+def describe_machine() -> dict:
+    """{cpu, cores, arch, amx, avx512_bf16, gpu}: read from /proc/cpuinfo (no torch import)."""
+    cpu, flags = _cpuinfo()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"cpu": cpu, "cores": cores, "arch": platform.machine(), "amx": "amx_tile" in flags,
             "avx512_bf16": "avx512_bf16" in flags, "gpu": os.environ.get("CUDA_VISIBLE_DEVICES") not in (None, "", "-1")}

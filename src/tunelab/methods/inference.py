@@ -19,16 +19,21 @@ from __future__ import annotations
 
 import copy
 
+from ..core.bf16_speed import bf16_matmul_faster
 from ..core.lazy import torch
 
 CACHE_KEY = "inference_model"
 
 
 def fastest_dtype(device) -> "torch.dtype":
-    """bf16 where it is the faster matmul dtype (CUDA with bf16, CPUs with AMX), else fp32."""
+    """bf16 where it is the faster matmul dtype (CUDA with bf16, CPUs with AMX, CPUs whose cached
+    probe says so: `core.bf16_speed`), else fp32."""
     if getattr(device, "type", str(device)) == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if torch.cpu._is_amx_tile_supported() else torch.float32
+    if torch.cpu._is_amx_tile_supported():
+        return torch.bfloat16
+    supported = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return torch.bfloat16 if supported and bf16_matmul_faster() else torch.float32
 
 
 def is_prompt_learning(model) -> bool:

@@ -17,18 +17,12 @@ from typing import Callable
 
 from ..core.lazy import torch
 
+from ..core.cache import cache_root  # noqa: F401  (re-exported: models.cache_root)
 from ..core.errors import TunelabError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CAUSAL_LM = "causal-lm"
 SEQ_CLS = "sequence-classification"
-
-
-def cache_root() -> Path:
-    """Where dequantised/bundled models live: $TUNELAB_CACHE, else $XDG_CACHE_HOME/tunelab."""
-    if os.environ.get("TUNELAB_CACHE"):
-        return Path(os.environ["TUNELAB_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tunelab"
 
 
 def _package_dir(package: str) -> Path:

@@ -33,15 +33,19 @@ class Plan:
 
 
 def bf16_support() -> Bf16Support:
-    """This machine's answer. CPUs with avx512_bf16 alone run bf16 slower than fp32 (measured: 146 vs
-    250 GFLOP/s per square matmul, a LoRA step 1.3x slower; docs/performance.md), so they are not fast."""
+    """This machine's answer. A CPU with AMX is fast in bf16; one with bf16 instructions alone may be
+    slower than in fp32 (an Intel Xeon with avx512_bf16: 146 vs 250 GFLOP/s per square matmul) or
+    several times faster (an AMD EPYC with avx512_bf16: LoRA SFT 2.5x), so a cached probe decides
+    (`core.bf16_speed`)."""
     import torch
+
+    from ..core.bf16_speed import bf16_matmul_faster
 
     if torch.cuda.is_available():
         supported = fast = torch.cuda.is_bf16_supported()
     else:
         supported = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        fast = supported and torch.cpu._is_amx_tile_supported()
+        fast = supported and (torch.cpu._is_amx_tile_supported() or bf16_matmul_faster())
     return Bf16Support(bool(supported), bool(fast))
 
 
