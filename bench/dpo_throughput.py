@@ -17,7 +17,7 @@ splits it), so both render the same chat template.
             gradient_checkpointing=False, the machine's faster dtype (the higher of the two matmul
             peaks the parent measured), and with --trl-precompute-ref the reference log-probs
             computed once before training (their time is counted as training time).
-  tunelab   its dpo stage with its defaults (precision auto = fp32 on CPUs without AMX; the LM
+  tunelab   its dpo stage with its defaults (precision auto = bf16 where it is the faster dtype; the LM
             head evaluated only at response positions).
 max_length 320 because the two truncate differently: TRL drops a pair whose prompt alone fills
 max_length and cuts the end of the rest, tunelab keeps every pair and cuts the prompt's start.

@@ -24,7 +24,7 @@ dropout 0) and `full` (every weight trains).
             is passed to the child), prompt-completion data so the loss is on the responses only,
             as tunelab's. 1 packed row of <= max_length per micro-batch x 2 accumulated.
   tunelab   its defaults (packing, per-example attention, LM head on loss positions only,
-            precision auto = fp32 on CPUs without AMX), 1 packed row x 2 accumulated.
+            precision auto = bf16 where it is the faster dtype), 1 packed row x 2 accumulated.
   tunelab-compile
             the same with train.compile=true (each decoder block through torch.compile). Its
             compile time is inside `train s`. Each child starts from an empty inductor cache (the
@@ -35,9 +35,10 @@ dropout 0) and `full` (every weight trains).
             half the accumulation, each micro-batch's rows split over two threads of one core each
             (train.row_threads=2; the option's own geometry: 2 rows x 1 by default).
 trl-best and tunelab therefore see ~1,024 token slots per optimizer step; stock sees 8 examples.
-The tokenisations differ (TRL renders SmolLM2's default system prompt, tunelab does not), so
-useful-token totals differ for the same examples: compare the wall time on the same examples
-(`train s`) as well as the rates.
+trl-best and tunelab train on the same examples and the same tokens: both render SmolLM2's chat
+template, and trl-best is given only the examples that keep a loss token within max_length (the
+ones tunelab trains on; TRL's packed path would keep the rest as rows without loss), so their
+useful-token and loss-token counts are equal and the rates compare like with like.
 
 Figures:
   useful tok/s  non-padding tokens processed per second of training (trainer.train() only)
@@ -84,6 +85,15 @@ def _messages(rows: list[dict]) -> list[dict]:
             for r in rows]
 
 
+def _with_loss(rows: list[dict], tokenizer, max_length_args) -> list[dict]:
+    """The examples that keep a loss token within max_length: those tunelab trains on. TRL's packed
+    path keeps the others as rows that carry no loss (9 of the first 128 at 512: 4,608 tokens of
+    forward and backward that teach nothing), so trl-best gets the same examples as tunelab."""
+    from tunelab.data.tokenize import encode_chat
+
+    return [r for r in rows if encode_chat(tokenizer, _messages([r])[0]["messages"], max_length_args.max_length)]
+
+
 def linear_weights(model_dir: str) -> tuple[int, int]:
     """(weights in the transformer body's linear layers, weights in the LM head)."""
     import torch
@@ -119,7 +129,7 @@ def run_trl(args, best: bool) -> dict:
                            packing=True, packing_strategy="bfd", padding_free=True, gradient_checkpointing=False,
                            bf16=args.dtype == "bf16")
         data = [{"prompt": [{"role": "user", "content": r["user"]}],
-                 "completion": [{"role": "assistant", "content": r["assistant"]}]} for r in rows]
+                 "completion": [{"role": "assistant", "content": r["assistant"]}]} for r in _with_loss(rows, tokenizer, args)]
     else:  # stock: TRL's defaults (gradient checkpointing on), bf16 as the issue's user set it
         config = SFTConfig(**common, per_device_train_batch_size=args.batch, bf16=True)
         data = _messages(rows)
@@ -143,7 +153,7 @@ def run_trl(args, best: bool) -> dict:
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "useful_tokens": counts["real"], "padding": 1 - counts["real"] / counts["slots"],
             "loss_tokens": counts["loss"], "head_tokens": counts["slots"], "model_dir": model_dir,
-            "dtype": "bf16" if config.bf16 else "fp32", "steps": trainer.state.global_step,
+            "dtype": "bf16" if config.bf16 else "fp32", "steps": trainer.state.global_step, "examples": len(data),
             "gradient_checkpointing": bool(config.gradient_checkpointing)}
 
 
@@ -223,7 +233,7 @@ def _ratios(rows: dict, methods: list[str], examples: int, rounds: int) -> None:
             return text + (f" (target {sign} {targets[key]}x)" if key in targets else "")
 
         print(f"ratios {method} {ours}/{other}: useful tok/s {figure('tps', '>=')}, "
-              f"wall time on the same {examples} examples {figure('wall', '<=')}, "
+              f"wall time on the first {examples} examples {figure('wall', '<=')}, "
               f"peak RSS {figure('rss', '<=')}, achieved FLOP/s {figure('flops', '>=')}")
 
 

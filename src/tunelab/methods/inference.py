@@ -8,8 +8,8 @@ leave rounding in the base weights. Methods that cannot fold (prompt/prefix tuni
 adapters, anything that is not a peft model) are returned as they are.
 
 The copy is put in the fastest dtype for inference here (:func:`fastest_dtype`): bf16 on CUDA
-GPUs that support it and on CPUs with AMX tiles, fp32 elsewhere — the same rule as training's
-``precision: auto`` (bf16 without AMX is slower than fp32 on CPUs; see docs/performance.md).
+GPUs that support it, on CPUs with AMX tiles and on CPUs whose cached matmul probe finds bf16
+clearly faster (``core.bf16_speed``), fp32 elsewhere — the same rule as training's ``precision: auto``.
 
 Each tensor of the copy is made once, already merged and cast (:func:`_made_tensors` hands them to
 ``deepcopy`` as its memo): copying the fp32 model first and merging and casting it afterwards took
