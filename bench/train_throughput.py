@@ -85,13 +85,13 @@ def _messages(rows: list[dict]) -> list[dict]:
             for r in rows]
 
 
-def _with_loss(rows: list[dict], tokenizer, max_length_args) -> list[dict]:
+def _with_loss(rows: list[dict], tokenizer, args) -> list[dict]:
     """The examples that keep a loss token within max_length: those tunelab trains on. TRL's packed
     path keeps the others as rows that carry no loss (9 of the first 128 at 512: 4,608 tokens of
     forward and backward that teach nothing), so trl-best gets the same examples as tunelab."""
     from tunelab.data.tokenize import encode_chat
 
-    return [r for r in rows if encode_chat(tokenizer, _messages([r])[0]["messages"], max_length_args.max_length)]
+    return [r for r in rows if encode_chat(tokenizer, _messages([r])[0]["messages"], args.max_length)]
 
 
 def linear_weights(model_dir: str) -> tuple[int, int]:

@@ -618,6 +618,8 @@ CASES: list[Case] = [
          ("--output-dir", "runs.txt", "is a file")),
     Case("runs-corrupt-index", files(d=lambda ctx: ctx.write("index/runs.sqlite", NOT_UTF8 * 64).parent),
          ("runs", "--output-dir", "{d}"), ("runs.sqlite", "not a readable runs database")),
+    # ----------------------------------------------------------------- machine
+    Case("machine-zero-threads", nothing, ("machine", "--threads", "0"), ("--threads", "greater than or equal to 1")),
 ]
 
 

@@ -14,6 +14,7 @@ from . import compare as _compare
 from . import serve as _serve
 from .rag import rag_app
 from .baselines import register as register_baselines
+from .machine import register as register_machine
 from .push import register as register_push
 from .sweep import register as register_sweep
 
@@ -29,6 +30,7 @@ app.add_typer(rag_app, name="rag")
 register_baselines(app)  # zeroshot, icl
 register_sweep(app)
 register_push(app)  # push
+register_machine(app)  # machine
 
 
 @app.command()

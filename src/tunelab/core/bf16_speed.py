@@ -58,14 +58,24 @@ def cache_file() -> Path:
     return cache_root() / "machine" / "bf16_speed.json"
 
 
-def bf16_matmul_faster() -> bool:
-    """The cached answer for this machine, measuring it the first time (about 0.1 s)."""
-    path, key = cache_file(), _machine_key()
+def _known() -> dict:
     try:
-        known = json.loads(path.read_text())
+        known = json.loads(cache_file().read_text())
     except (OSError, ValueError):
-        known = {}
-    if key in known:
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def cached_probe() -> dict | None:
+    """This machine's cached probe ({bf16_faster, bf16_s, fp32_s, shape}), or None before the first."""
+    return _known().get(_machine_key())
+
+
+def bf16_matmul_faster(measure_again: bool = False) -> bool:
+    """The cached answer for this machine, measuring it the first time (about 0.1 s) or when asked."""
+    path, key = cache_file(), _machine_key()
+    known = _known()
+    if isinstance(known.get(key), dict) and "bf16_faster" in known[key] and not measure_again:
         return bool(known[key]["bf16_faster"])
     seconds = probe_seconds()
     known[key] = {"bf16_faster": decide(seconds), **{f"{name}_s": s for name, s in seconds.items()},
