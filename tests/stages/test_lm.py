@@ -217,9 +217,17 @@ def test_chunked_loss_matches_plain_loss_and_gradients(monkeypatch, chunk):
     reference_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
 
-    rows = []
-    chunk_ce = _lm._chunk_ce
+    rows = []  # every chunk's row count, on either path (one fused node, or logits recomputed)
+    chunk_ce, fused = _lm._chunk_ce, _lm._head_cross_entropy()
+
+    class Spy:
+        @staticmethod
+        def apply(h, w, t):
+            rows.append(h.size(0))
+            return fused.apply(h, w, t)
+
     monkeypatch.setattr(_lm, "_chunk_ce", lambda h, w, t: rows.append(h.size(0)) or chunk_ce(h, w, t))
+    monkeypatch.setattr(_lm, "_head_cross_entropy", lambda: Spy)
     loss, _ = _lm.causal_lm_loss(model, batch)
     loss.backward()
     torch.testing.assert_close(loss, reference, atol=1e-5, rtol=1e-5)
@@ -276,3 +284,26 @@ def test_explicit_attention_pads_a_segment_to_few_shapes_with_the_same_result(mo
     torch.testing.assert_close(padded_out, plain_out, atol=1e-2, rtol=1e-2)
     for padded, plain in zip(padded_grads, plain_grads):
         torch.testing.assert_close(padded, plain, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk", [8, 4096])
+def test_the_fused_head_loss_of_a_frozen_head_matches_cross_entropy(monkeypatch, dtype, chunk):
+    """LoRA's case: the head is frozen (maybe bf16), only the hidden states need a gradient; every chunk
+    (several here) forms its gradient in forward. Reference: full logits and stock cross-entropy."""
+    monkeypatch.setattr(_lm, "LOSS_CHUNK", chunk)
+    torch.manual_seed(0)
+    weight = torch.randn(50, 16).to(dtype)
+    targets = torch.randint(0, 50, (21,))
+    targets[[3, 10]] = _lm.IGNORE
+    hidden = torch.randn(21, 16, requires_grad=True)
+    ref_hidden = hidden.detach().clone().requires_grad_()
+    reference = F.cross_entropy((ref_hidden.to(dtype) @ weight.t()).float(), targets, reduction="sum")
+    (2 * reference).backward()
+    loss = _lm.chunked_lm_loss_sum(hidden, weight, targets)
+    (2 * loss).backward()
+    tol = dict(atol=1e-4, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=1e-2)
+    torch.testing.assert_close(loss, reference, **tol)
+    torch.testing.assert_close(hidden.grad, ref_hidden.grad, **tol)
+    with torch.no_grad():  # evaluation: the plain path, the same loss
+        torch.testing.assert_close(_lm.chunked_lm_loss_sum(hidden, weight, targets), reference.detach(), **tol)
