@@ -1,12 +1,14 @@
 """What machine a figure was measured on: CPU model, cores, and the matrix units that set its speed."""
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from pathlib import Path
 
 
-def _cpuinfo() -> tuple[str, set[str]]:
+@functools.cache  # /proc/cpuinfo does not change within a process; the bf16 probe's key reads it per call
+def _cpuinfo() -> tuple[str, frozenset[str]]:
     cpu, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -16,10 +18,10 @@ def _cpuinfo() -> tuple[str, set[str]]:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return cpu, flags
+    return cpu, frozenset(flags)
 
 
-def cpu_flags() -> set[str]:
+def cpu_flags() -> frozenset[str]:
     """The first CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
     return _cpuinfo()[1]
 
