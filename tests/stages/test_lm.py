@@ -287,11 +287,13 @@ def test_explicit_attention_pads_a_segment_to_few_shapes_with_the_same_result(mo
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("chunk", [8, 4096])
-def test_the_fused_head_loss_of_a_frozen_head_matches_cross_entropy(monkeypatch, dtype, chunk):
+@pytest.mark.parametrize("chunk,head_slice", [(8, 3), (4096, 5), (4096, 128)])
+def test_the_fused_head_loss_of_a_frozen_head_matches_cross_entropy(monkeypatch, dtype, chunk, head_slice):
     """LoRA's case: the head is frozen (maybe bf16), only the hidden states need a gradient; every chunk
-    (several here) forms its gradient in forward. Reference: full logits and stock cross-entropy."""
+    (several here) forms its gradient in forward, a slice of rows at a time (several slices, a last
+    one shorter, or one). Reference: full logits and stock cross-entropy."""
     monkeypatch.setattr(_lm, "LOSS_CHUNK", chunk)
+    monkeypatch.setattr(_lm, "HEAD_SLICE", head_slice)
     torch.manual_seed(0)
     weight = torch.randn(50, 16).to(dtype)
     targets = torch.randint(0, 50, (21,))

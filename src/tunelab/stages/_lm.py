@@ -22,6 +22,7 @@ LOSS_CHUNK = 1024  # positions per LM-head chunk: bounds the (chunk, vocab) logi
 # step (docs/performance.md). Rounded up to these multiples, the shapes repeat after a few steps.
 ROW_MULTIPLE = 64  # packed rows are padded to a multiple of this width (their padding is its own segment)
 HEAD_MULTIPLE = 32  # loss positions per LM-head chunk, padded with zero rows that carry no loss
+HEAD_SLICE = 128  # rows of a frozen head's logits formed at a time (see _head_cross_entropy)
 
 
 # --------------------------------------------------------------------------- packing
@@ -167,40 +168,55 @@ def _chunk_ce(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor)
 
 @functools.cache
 def _head_cross_entropy():
-    """The LM head and cross-entropy of one chunk as one autograd node that computes its gradients in
-    forward: d(loss)/d(logits) = softmax - one-hot is formed in place on the fp32 logits, then the two
-    matmuls of backward run at once, and only (chunk x hidden) [and the head's own gradient, when it
-    trains] is kept. Stock cross-entropy keeps the log-softmax for backward, fills a zero gradient of
-    the same (chunk x vocab) size and runs a log-softmax backward pass over it (~60 ms a step on
-    smollm2-135m, docs/performance.md)."""
+    """The LM head and cross-entropy of one chunk of a frozen head (LoRA and the other adapters) as one
+    autograd node that computes its gradient in forward: d(loss)/d(logits) = softmax - one-hot is formed
+    in place on the fp32 logits and multiplied by the head at once, so only (chunk x hidden) is kept.
+    Stock cross-entropy keeps the log-softmax for backward, fills a zero gradient of the same (chunk x
+    vocab) size and runs a log-softmax backward pass over it (~60 ms a step on smollm2-135m,
+    docs/performance.md).
+
+    The chunk's positions go through in slices of `HEAD_SLICE` rows that reuse one pair of (slice x
+    vocab) buffers, bf16 and fp32, written in place: whole-chunk logits and their fp32 copy and
+    log-sum-exp temporaries were ~300 MB of fresh memory per micro-batch, which the C allocator maps
+    from the kernel and faults in page by page every time (60k page faults and 155 ms for 416
+    positions of smollm2-135m, against 1k and 95 ms in slices; docs/performance.md)."""
 
     class HeadCrossEntropy(torch.autograd.Function):
         @staticmethod
         def forward(ctx, hidden, weight, targets):
-            needs_hidden, needs_weight, _ = ctx.needs_input_grad
             h = hidden.to(weight.dtype)
-            logits = (h @ weight.t()).float()
-            lse = torch.logsumexp(logits, dim=1)
-            valid = targets != IGNORE
+            valid = (targets != IGNORE).unsqueeze(1)
             safe = targets.clamp(min=0).unsqueeze(1)
-            loss = ((lse - logits.gather(1, safe).squeeze(1)) * valid).sum()
-            grad_hidden = grad_weight = None
-            if needs_hidden or needs_weight:
-                grad = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place
-                grad.scatter_add_(1, safe, torch.full_like(safe, -1, dtype=grad.dtype))
-                grad = grad.mul_(valid.unsqueeze(1)).to(weight.dtype)
-                if needs_hidden:
-                    grad_hidden = (grad @ weight).to(hidden.dtype)
-                if needs_weight:
-                    grad_weight = grad.t() @ h
-            ctx.save_for_backward(grad_hidden, grad_weight)
+            rows = min(HEAD_SLICE, h.size(0))
+            logits = torch.empty(rows, weight.size(0), dtype=weight.dtype, device=h.device)
+            same = logits.dtype == torch.float32  # an fp32 head: one buffer, no copies
+            logits32 = logits if same else torch.empty_like(logits, dtype=torch.float32)
+            need_grad = ctx.needs_input_grad[0]
+            grad_hidden = torch.empty_like(h) if need_grad else None
+            loss = torch.zeros((), dtype=torch.float32, device=h.device)
+            for start in range(0, h.size(0), HEAD_SLICE):
+                end = min(start + HEAD_SLICE, h.size(0))
+                part, part32 = logits[: end - start], logits32[: end - start]
+                torch.mm(h[start:end], weight.t(), out=part)
+                if not same:
+                    part32.copy_(part)
+                top = part32.amax(1, keepdim=True)
+                target_logit = part32.gather(1, safe[start:end])
+                norm = part32.sub_(top).exp_().sum(1, keepdim=True)  # exp(logit - max), in place
+                keep = valid[start:end].to(torch.float32)
+                loss += ((norm.log() + top - target_logit) * keep).sum()
+                if need_grad:  # (softmax - one-hot), zero on ignored rows, in the head's dtype
+                    part32.mul_(keep / norm).scatter_add_(1, safe[start:end], -keep)
+                    if not same:
+                        part.copy_(part32)
+                    torch.mm(part, weight, out=grad_hidden[start:end])
+            ctx.save_for_backward(None if grad_hidden is None else grad_hidden.to(hidden.dtype))
             return loss
 
         @staticmethod
         def backward(ctx, grad_loss):
-            grad_hidden, grad_weight = ctx.saved_tensors
-            return (None if grad_hidden is None else grad_hidden * grad_loss.to(grad_hidden.dtype),
-                    None if grad_weight is None else grad_weight * grad_loss.to(grad_weight.dtype), None)
+            (grad_hidden,) = ctx.saved_tensors
+            return grad_hidden * grad_loss.to(grad_hidden.dtype), None, None
 
     return HeadCrossEntropy
 
