@@ -49,7 +49,7 @@ COPIES = re.compile(r"^aten::(copy_|_to_copy|to|clone|contiguous|cat|stack|index
                     r"_index_put_impl_|masked_select|masked_fill_?|embedding|fill_|zero_|zeros|zeros_like|full|"
                     r"empty_like|new_zeros|_unsafe_index|gather|scatter_add_|embedding_dense_backward|"
                     r"resolve_conj|lift_fresh|as_strided_scatter|slice_backward|select_backward)$")
-ATTENTION = re.compile(r"scaled_dot_product|flash_attention|efficient_attention|ExplicitCausalAttention")
+ATTENTION = re.compile(r"scaled_dot_product|flash_attention|efficient_attention|CausalAttention")
 LOSS = re.compile(r"log_softmax|nll_loss|cross_entropy")
 
 

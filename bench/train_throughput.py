@@ -22,7 +22,8 @@ dropout 0) and `full` (every weight trains).
             attention from position_ids), gradient_checkpointing=False, the machine's faster
             dtype (bf16 autocast or fp32: the higher of the two matmul peaks the parent measured
             is passed to the child), prompt-completion data so the loss is on the responses only,
-            as tunelab's. 1 packed row of <= max_length per micro-batch x 2 accumulated.
+            as tunelab's. 1 packed row of <= max_length per micro-batch x 2 accumulated
+            (--trl-rows, --trl-accum).
   tunelab   its defaults (packing, per-example attention, LM head on loss positions only,
             precision auto = bf16 where it is the faster dtype), 1 packed row x 2 accumulated.
   tunelab-compile
@@ -125,7 +126,7 @@ def run_trl(args, best: bool) -> dict:
                   save_strategy="no", logging_steps=10, use_cpu=True, disable_tqdm=True,
                   learning_rate=2e-4 if args.method == "lora" else 2e-5)
     if best:
-        config = SFTConfig(**common, per_device_train_batch_size=1, gradient_accumulation_steps=2,
+        config = SFTConfig(**common, per_device_train_batch_size=args.trl_rows, gradient_accumulation_steps=args.trl_accum,
                            packing=True, packing_strategy="bfd", padding_free=True, gradient_checkpointing=False,
                            bf16=args.dtype == "bf16")
         data = [{"prompt": [{"role": "user", "content": r["user"]}],
@@ -247,6 +248,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="examples per optimizer step (stock path)")
     parser.add_argument("--tunelab-rows", type=int, default=1, help="packed rows of max_length per micro-batch")
     parser.add_argument("--tunelab-accum", type=int, default=2, help="micro-batches per optimizer step")
+    parser.add_argument("--trl-rows", type=int, default=1, help="trl-best: packed rows of max_length per micro-batch")
+    parser.add_argument("--trl-accum", type=int, default=2, help="trl-best: micro-batches per optimizer step")
     parser.add_argument("--trl-dtype", choices=["auto", "bf16", "fp32"], default="auto",
                         help="trl-best's dtype (auto: the higher measured matmul peak)")
     parser.add_argument("--compile-cache", type=Path, help="tunelab-compile's inductor cache (default: empty per child)")
@@ -275,6 +278,7 @@ def main() -> None:
                 argv = ["--child", path, "--method", method, "--dtype", dtype, "--examples", str(args.examples),
                         "--max-length", str(args.max_length), "--batch", str(args.batch),
                         "--tunelab-rows", str(args.tunelab_rows), "--tunelab-accum", str(args.tunelab_accum),
+                        "--trl-rows", str(args.trl_rows), "--trl-accum", str(args.trl_accum),
                         *tunelab_set_argv(args),
                         *(["--compile-cache", str(args.compile_cache)] if args.compile_cache else [])]
                 label = f"{method} {path}" + (f" round {round_}" if args.rounds > 1 else "")

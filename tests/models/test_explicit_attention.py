@@ -19,11 +19,15 @@ def _inputs(batch, heads, kv_heads, tokens, dim, dtype=torch.float64, seed=0, st
     return make(heads), make(kv_heads), make(kv_heads)
 
 
+@pytest.mark.parametrize("query_block", [128, 4, 5])  # one block; blocks of 4 (a last short one or not); of 5
 @pytest.mark.parametrize("batch, heads, kv_heads, tokens, strided",
-                         [(1, 4, 4, 9, False), (1, 6, 2, 13, True), (2, 9, 3, 17, False), (1, 4, 1, 1, True)])
-def test_matches_sdpa_in_values_and_gradients(batch, heads, kv_heads, tokens, strided):
-    """Plain and grouped-query heads, batches, one-token segments and strided slices of a packed row:
-    the output and the gradients of query, key and value equal causal SDPA's (float64)."""
+                         [(1, 4, 4, 9, False), (1, 6, 2, 13, True), (2, 9, 3, 17, False), (1, 4, 1, 1, True),
+                          (1, 6, 3, 8, True)])
+def test_matches_sdpa_in_values_and_gradients(monkeypatch, query_block, batch, heads, kv_heads, tokens, strided):
+    """Plain and grouped-query heads, batches, one-token segments and strided slices of a packed row,
+    in one piece or in query blocks: the output and the gradients of query, key and value equal
+    causal SDPA's (float64)."""
+    monkeypatch.setattr(explicit_attention, "QUERY_BLOCK", query_block)
     q, k, v = _inputs(batch, heads, kv_heads, tokens, 8, strided=strided)
     grad = torch.randn(batch, heads, tokens, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     out = explicit_causal_attention(q, k, v, scale=0.3)
@@ -37,22 +41,31 @@ def test_matches_sdpa_in_values_and_gradients(batch, heads, kv_heads, tokens, st
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, msg=name)
 
 
-def test_gradcheck_and_default_scale():
+@pytest.mark.parametrize("query_block", [128, 4])
+def test_gradcheck_and_default_scale(monkeypatch, query_block):
     """Finite-difference gradients, and the default scale 1/sqrt(dim) as SDPA's."""
+    monkeypatch.setattr(explicit_attention, "QUERY_BLOCK", query_block)
     q, k, v = _inputs(1, 4, 2, 6, 4)
     assert torch.autograd.gradcheck(lambda a, b, c: explicit_causal_attention(a, b, c), (q, k, v))
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     torch.testing.assert_close(explicit_causal_attention(q, k, v), ref)
 
 
-def test_bf16_stays_within_rounding_of_the_fp64_truth():
-    q, k, v = _inputs(1, 9, 3, 120, 64)
+@pytest.mark.parametrize("tokens", [120, 300])  # one block; three, the key/value gradients summed in bf16
+def test_bf16_stays_within_rounding_of_the_fp64_truth(tokens):
+    q, k, v = _inputs(1, 9, 3, tokens, 64)
     truth = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     low = [t.detach().to(torch.bfloat16).requires_grad_() for t in (q, k, v)]
     out = explicit_causal_attention(*low)
     assert out.dtype == torch.bfloat16
     rel = (out.double() - truth).norm() / truth.norm()
     assert rel < 1e-2
+    grad = torch.randn(truth.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    truth.backward(grad)
+    out.backward(grad.to(torch.bfloat16))
+    for low_t, t in zip(low, (q, k, v)):
+        assert low_t.grad.dtype == torch.bfloat16
+        assert (low_t.grad.double() - t.grad).norm() / t.grad.norm() < 1e-2
 
 
 def test_heads_must_be_a_multiple_of_key_value_heads():
@@ -69,3 +82,5 @@ def test_the_causal_bias_cache_stays_bounded():
     assert len(explicit_attention._BIAS_CACHE) <= explicit_attention._BIAS_CACHE_SIZE
     assert torch.equal(explicit_attention._causal_bias(3, 1, torch.float32).isinf(),
                        torch.ones(3, 3, dtype=torch.bool).triu(1))
+    token_major = explicit_attention._causal_bias(3, 2, torch.float32, token_major=True).isinf()
+    assert torch.equal(token_major, torch.ones(3, 3, dtype=torch.bool).triu(1).repeat_interleave(2, dim=0))

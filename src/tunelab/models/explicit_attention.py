@@ -14,6 +14,16 @@ taller matmuls). The causal mask is an additive bias fused into that matmul (``b
 that costs memory quadratic in the segment length, so callers use this for short segments only
 (``models.packed_attention``). The backward is the textbook one: dV = Pᵀ dO, dP = dO Vᵀ,
 dS = P ∘ (dP − rowsum(P ∘ dP)), dQ = s·dS K, dK = s·dSᵀ Q.
+
+A segment longer than `QUERY_BLOCK` tokens goes through in blocks of that many queries
+(`_BlockedCausalAttention`): block i attends only the keys up to its own last token, so the
+masked upper triangle is mostly never computed, and each block's (queries x keys) scores and
+probabilities stay small enough to live in the core's cache. The whole-segment matrices fell off
+that cliff on a 2-core AMD EPYC KVM guest (fwd+bwd of one bf16 segment, 9/3 heads of 64: 320
+tokens 2.5-6 ms, 400 tokens 3-10 ms, 480 tokens 6-15 ms, swinging with the load on the host's
+shared cache; in blocks of 128: 2.7, 3.8, 3.5 ms, docs/performance.md). There the queries are
+stacked token-major (row t·G + g for token t of query head g in its group), so a block is a
+contiguous run of rows; the key and value gradients add up over the blocks that see them.
 """
 from __future__ import annotations
 
@@ -21,18 +31,21 @@ import math
 
 import torch
 
-_BIAS_CACHE: dict = {}  # (tokens, groups, dtype) -> additive causal bias; one forward's layers share them
+_BIAS_CACHE: dict = {}  # (tokens, groups, dtype, token-major) -> additive causal bias; layers share them
 _BIAS_CACHE_SIZE = 32
+QUERY_BLOCK = 128  # queries per block for longer segments (see above); a segment this short is one matmul
 
 
-def _causal_bias(tokens: int, groups: int, dtype: torch.dtype) -> torch.Tensor:
-    """(groups * tokens, tokens): 0 on and below the diagonal, -inf above, once per stacked query head."""
-    key = (tokens, groups, dtype)
+def _causal_bias(tokens: int, groups: int, dtype: torch.dtype, token_major: bool = False) -> torch.Tensor:
+    """(groups * tokens, tokens): 0 on and below the diagonal, -inf above, for each stacked query
+    head: the heads' rows one after the other, or (``token_major``) each token's heads together."""
+    key = (tokens, groups, dtype, token_major)
     bias = _BIAS_CACHE.get(key)
     if bias is None:
         if len(_BIAS_CACHE) >= _BIAS_CACHE_SIZE:
             _BIAS_CACHE.clear()
-        bias = torch.full((tokens, tokens), float("-inf"), dtype=dtype).triu(1).repeat(groups, 1)
+        triangle = torch.full((tokens, tokens), float("-inf"), dtype=dtype).triu(1)
+        bias = triangle.repeat_interleave(groups, dim=0) if token_major else triangle.repeat(groups, 1)
         _BIAS_CACHE[key] = bias
     return bias
 
@@ -70,10 +83,59 @@ class _ExplicitCausalAttention(torch.autograd.Function):
                 grad_values.view(batch, kv_heads, tokens, dim), None)
 
 
+def _blocks(tokens: int):
+    return [(start, min(start + QUERY_BLOCK, tokens)) for start in range(0, tokens, QUERY_BLOCK)]
+
+
+class _BlockedCausalAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, query, key, value, scale: float):
+        batch, heads, tokens, dim = query.shape
+        kv_heads = key.shape[1]
+        groups = heads // kv_heads
+        # token-major stacked queries, pre-scaled (one pass does both): row t*groups + g
+        stacked = torch.empty(batch, kv_heads, tokens, groups, dim, dtype=query.dtype, device=query.device)
+        torch.mul(query.view(batch, kv_heads, groups, tokens, dim).transpose(2, 3), scale, out=stacked)
+        stacked = stacked.view(batch * kv_heads, tokens * groups, dim)
+        keys = key.reshape(batch * kv_heads, tokens, dim)
+        values = value.reshape(batch * kv_heads, tokens, dim)
+        outs, probs = [], []
+        for start, end in _blocks(tokens):
+            scores = torch.bmm(stacked[:, start * groups : end * groups], keys[:, :end].transpose(1, 2))
+            scores[:, :, start:end].add_(_causal_bias(end - start, groups, scores.dtype, token_major=True))
+            probs.append(torch.softmax(scores, dim=-1))
+            del scores
+            outs.append(torch.bmm(probs[-1], values[:, :end]))
+        ctx.save_for_backward(stacked, keys, values, *probs)
+        ctx.scale, ctx.shape = scale, (batch, kv_heads, groups, tokens, dim)
+        return torch.cat(outs, dim=1).view(batch, kv_heads, tokens, groups, dim).transpose(2, 3).reshape(query.shape)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        stacked, keys, values, *probs = ctx.saved_tensors
+        batch, kv_heads, groups, tokens, dim = ctx.shape
+        grad = torch.empty(batch, kv_heads, tokens, groups, dim, dtype=stacked.dtype, device=stacked.device)
+        grad.copy_(grad_out.view(batch, kv_heads, groups, tokens, dim).transpose(2, 3))
+        grad = grad.view(stacked.shape)
+        grad_keys, grad_values, grad_queries = torch.zeros_like(keys), torch.zeros_like(values), []
+        for (start, end), p in zip(_blocks(tokens), probs):
+            rows = slice(start * groups, end * groups)
+            grad_values[:, :end].baddbmm_(p.transpose(1, 2), grad[:, rows])
+            grad_scores = torch._softmax_backward_data(torch.bmm(grad[:, rows], values[:, :end].transpose(1, 2)),
+                                                       p, -1, p.dtype)
+            grad_queries.append(torch.bmm(grad_scores, keys[:, :end]))
+            grad_keys[:, :end].baddbmm_(grad_scores.transpose(1, 2), stacked[:, rows])  # stacked carries the scale
+        grad_query = torch.cat(grad_queries, dim=1).mul_(ctx.scale)
+        shape = (batch, kv_heads * groups, tokens, dim)
+        return (grad_query.view(batch, kv_heads, tokens, groups, dim).transpose(2, 3).reshape(shape),
+                grad_keys.view(batch, kv_heads, tokens, dim), grad_values.view(batch, kv_heads, tokens, dim), None)
+
+
 def explicit_causal_attention(query, key, value, scale: float | None = None):
     """Causal attention of (batch, heads, tokens, dim) queries over (batch, kv_heads, tokens, dim)
     keys and values (kv_heads dividing heads), as SDPA with ``is_causal=True, enable_gqa=True``."""
     if query.shape[1] % key.shape[1]:
         raise ValueError(f"query heads ({query.shape[1]}) are not a multiple of key-value heads ({key.shape[1]})")
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-    return _ExplicitCausalAttention.apply(query, key, value, scale)
+    function = _BlockedCausalAttention if query.shape[2] > QUERY_BLOCK else _ExplicitCausalAttention
+    return function.apply(query, key, value, scale)

@@ -33,47 +33,46 @@ def _compute_dtype(x):
 
 @functools.cache
 def lora_linear_function():
-    """The autograd Function (built on first use, so importing this module does not import torch)."""
+    """The autograd Function (built on first use, so importing this module does not import torch).
+
+    Every operand is cast to the compute dtype explicitly (a no-op for a bf16 base and activations),
+    so the matmuls need no autocast context of their own; the scale rides in ``addmm_``'s alpha and
+    on the (tokens x r) intermediate of backward, not on a scaled copy of B per call."""
 
     class LoraLinearFunction(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float):
             dtype = _compute_dtype(x)
-            with torch.autocast(x.device.type, enabled=False):
-                xc = x.to(dtype)
-                w = weight.to(dtype)
-                a = lora_a.to(dtype)
-                b_scaled = (lora_b * scaling).to(dtype)
-                flat = xc.reshape(-1, xc.shape[-1])
-                out = flat @ w.t() if bias is None else torch.addmm(bias.to(dtype), flat, w.t())
-                xa = flat @ a.t()
-                out.addmm_(xa, b_scaled.t())
-            ctx.save_for_backward(flat, w, a, b_scaled, xa)
+            flat = x.reshape(-1, x.shape[-1]).to(dtype)
+            w, a, b = weight.to(dtype), lora_a.to(dtype), lora_b.to(dtype)
+            out = torch.mm(flat, w.t()) if bias is None else torch.addmm(bias.to(dtype), flat, w.t())
+            xa = torch.mm(flat, a.t())
+            out.addmm_(xa, b.t(), alpha=scaling)
+            ctx.save_for_backward(flat, w, a, b, xa)
             ctx.scaling = scaling
             ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
             # the dtypes each gradient is returned in (a bias may train, with peft's `bias` option)
             ctx.grad_dtypes = (weight.dtype, None if bias is None else bias.dtype, lora_a.dtype, lora_b.dtype)
-            return out.reshape(*x.shape[:-1], out.shape[-1])
+            return out.view(*x.shape[:-1], out.shape[-1])
 
         @staticmethod
         def backward(ctx, grad_out):
-            flat, w, a, b_scaled, xa = ctx.saved_tensors
+            flat, w, a, b, xa = ctx.saved_tensors
             weight_dtype, bias_dtype, a_dtype, b_dtype = ctx.grad_dtypes
             needs_x, needs_w, needs_bias, needs_a, needs_b, _ = ctx.needs_input_grad
             grad_x = grad_w = grad_bias = grad_a = grad_b = None
-            with torch.autocast(grad_out.device.type, enabled=False):
-                g = grad_out.reshape(-1, grad_out.shape[-1]).to(w.dtype)
-                g_xa = g @ b_scaled  # (tokens, r)
-                if needs_b:
-                    grad_b = (g.t() @ xa).mul_(ctx.scaling).to(b_dtype)
-                if needs_a:
-                    grad_a = (g_xa.t() @ flat).to(a_dtype)
-                if needs_x:
-                    grad_x = (g @ w).addmm_(g_xa, a).to(ctx.x_dtype).reshape(ctx.x_shape)
-                if needs_w:
-                    grad_w = (g.t() @ flat).to(weight_dtype)
-                if needs_bias:
-                    grad_bias = g.sum(0).to(bias_dtype)
+            g = grad_out.reshape(-1, grad_out.shape[-1]).to(w.dtype)
+            g_xa = torch.mm(g, b).mul_(ctx.scaling)  # (tokens, r)
+            if needs_b:
+                grad_b = torch.mm(g.t(), xa).mul_(ctx.scaling).to(b_dtype)
+            if needs_a:
+                grad_a = torch.mm(g_xa.t(), flat).to(a_dtype)
+            if needs_x:
+                grad_x = torch.mm(g, w).addmm_(g_xa, a).to(ctx.x_dtype).view(ctx.x_shape)
+            if needs_w:
+                grad_w = torch.mm(g.t(), flat).to(weight_dtype)
+            if needs_bias:
+                grad_bias = g.sum(0).to(bias_dtype)
             return grad_x, grad_w, grad_bias, grad_a, grad_b, None
 
     return LoraLinearFunction
@@ -98,14 +97,17 @@ def fusable(layer) -> bool:
 
 def _fused_forward(layer):
     peft_forward = layer.forward
+    (name,) = [n for n in layer.active_adapters if n in layer.lora_A]  # fusable(): exactly one
+    base, lora_a, lora_b = layer.base_layer, layer.lora_A[name], layer.lora_B[name]
+    function = lora_linear_function()
 
     def forward(x, *args, **kwargs):
-        if args or kwargs or layer.disable_adapters or layer.merged or not torch.is_grad_enabled():
+        # what peft's forward checks per call, read from the layer's own state (a reference model's
+        # forward under `disable_adapter()`, a merge, evaluation without gradients take peft's path)
+        if args or kwargs or layer.disable_adapters or layer.merged_adapters or not torch.is_grad_enabled() \
+                or layer.active_adapters != [name]:
             return peft_forward(x, *args, **kwargs)
-        (name,) = [n for n in layer.active_adapters if n in layer.lora_A]
-        base = layer.base_layer
-        return lora_linear_function().apply(x, base.weight, base.bias, layer.lora_A[name].weight,
-                                            layer.lora_B[name].weight, float(layer.scaling[name]))
+        return function.apply(x, base.weight, base.bias, lora_a.weight, lora_b.weight, float(layer.scaling[name]))
 
     return forward
 
