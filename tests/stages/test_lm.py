@@ -205,9 +205,11 @@ def _plain_loss(model, batch):
                            ignore_index=IGNORE)
 
 
-@pytest.mark.parametrize("chunk", [7, 4096])  # several checkpointed chunks; one kept chunk
-def test_chunked_loss_matches_plain_loss_and_gradients(monkeypatch, chunk):
-    monkeypatch.setattr(_lm, "LOSS_CHUNK", chunk)
+@pytest.mark.parametrize("head_slice", [128, 5])  # the head's rows in one slice; in several
+def test_chunked_loss_matches_plain_loss_and_gradients(monkeypatch, head_slice):
+    """The tied tiny-llama trains every weight: the head's own gradient (summed over slices in fp32)
+    and the tied embedding's add up to the plain full-logits loss's."""
+    monkeypatch.setattr(_lm, "HEAD_SLICE", head_slice)
     torch.manual_seed(0)
     model, _ = load_model("tiny-llama")
     batch = _lm.PadCollator(pad_token_id=0)(_examples([20, 13, 9], vocab=model.config.vocab_size))
@@ -217,8 +219,8 @@ def test_chunked_loss_matches_plain_loss_and_gradients(monkeypatch, chunk):
     reference_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
 
-    rows = []  # every chunk's row count, on either path (one fused node, or logits recomputed)
-    chunk_ce, fused = _lm._chunk_ce, _lm._head_cross_entropy()
+    rows = []  # the head node's row count
+    fused = _lm._head_cross_entropy()
 
     class Spy:
         @staticmethod
@@ -226,15 +228,15 @@ def test_chunked_loss_matches_plain_loss_and_gradients(monkeypatch, chunk):
             rows.append(h.size(0))
             return fused.apply(h, w, t)
 
-    monkeypatch.setattr(_lm, "_chunk_ce", lambda h, w, t: rows.append(h.size(0)) or chunk_ce(h, w, t))
     monkeypatch.setattr(_lm, "_head_cross_entropy", lambda: Spy)
     loss, _ = _lm.causal_lm_loss(model, batch)
     loss.backward()
     torch.testing.assert_close(loss, reference, atol=1e-5, rtol=1e-5)
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.grad, reference_grads[name], atol=1e-5, rtol=1e-4, msg=name)
-    # the head's matmuls come in few shapes: each chunk padded with ignored rows (loss positions here: 39)
-    assert rows and all(n % _lm.HEAD_MULTIPLE == 0 for n in rows), rows
+    # one node; its matmuls come in few shapes: padded with ignored rows to a multiple of HEAD_MULTIPLE
+    n = int((batch["labels"][:, 1:] != IGNORE).sum())
+    assert len(rows) == 1 and rows[0] % _lm.HEAD_MULTIPLE == 0 and 0 <= rows[0] - n < _lm.HEAD_MULTIPLE, (rows, n)
 
 
 def test_packed_rows_are_padded_to_a_multiple_of_the_row_width_as_a_segment_of_their_own():
@@ -287,12 +289,11 @@ def test_explicit_attention_pads_a_segment_to_few_shapes_with_the_same_result(mo
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("chunk,head_slice", [(8, 3), (4096, 5), (4096, 128)])
-def test_the_fused_head_loss_of_a_frozen_head_matches_cross_entropy(monkeypatch, dtype, chunk, head_slice):
-    """LoRA's case: the head is frozen (maybe bf16), only the hidden states need a gradient; every chunk
-    (several here) forms its gradient in forward, a slice of rows at a time (several slices, a last
-    one shorter, or one). Reference: full logits and stock cross-entropy."""
-    monkeypatch.setattr(_lm, "LOSS_CHUNK", chunk)
+@pytest.mark.parametrize("head_slice", [3, 5, 128])
+def test_the_fused_head_loss_of_a_frozen_head_matches_cross_entropy(monkeypatch, dtype, head_slice):
+    """LoRA's case: the head is frozen (maybe bf16), only the hidden states need a gradient, formed in
+    forward a slice of rows at a time (several slices, a last one shorter, or one). Reference: full
+    logits and stock cross-entropy."""
     monkeypatch.setattr(_lm, "HEAD_SLICE", head_slice)
     torch.manual_seed(0)
     weight = torch.randn(50, 16).to(dtype)
@@ -307,5 +308,5 @@ def test_the_fused_head_loss_of_a_frozen_head_matches_cross_entropy(monkeypatch,
     tol = dict(atol=1e-4, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=1e-2)
     torch.testing.assert_close(loss, reference, **tol)
     torch.testing.assert_close(hidden.grad, ref_hidden.grad, **tol)
-    with torch.no_grad():  # evaluation: the plain path, the same loss
+    with torch.no_grad():  # evaluation: the loss alone, the same value
         torch.testing.assert_close(_lm.chunked_lm_loss_sum(hidden, weight, targets), reference.detach(), **tol)

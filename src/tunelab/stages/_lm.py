@@ -12,8 +12,6 @@ from ..core.errors import TunelabError
 from ..core.lazy import F, torch
 from ..data.tokenize import IGNORE
 
-LOSS_CHUNK = 1024  # positions per LM-head chunk: bounds the (chunk, vocab) logits alive at once
-
 # Matmul shapes in few sizes. On CPUs PyTorch runs bf16 matmuls through oneDNN, which JIT-compiles a
 # kernel ("primitive") for every new shape and keeps up to 1,024 of them: with AMX about half a MB
 # each, and 1-17 ms to make. Packed rows whose width varies by a few tokens, and a loss-position
@@ -21,7 +19,7 @@ LOSS_CHUNK = 1024  # positions per LM-head chunk: bounds the (chunk, vocab) logi
 # LoRA SFT (128 examples, 22 steps), ~900 primitives and +660 MB of resident memory by the last
 # step (docs/performance.md). Rounded up to these multiples, the shapes repeat after a few steps.
 ROW_MULTIPLE = 64  # packed rows are padded to a multiple of this width (their padding is its own segment)
-HEAD_MULTIPLE = 32  # loss positions per LM-head chunk, padded with zero rows that carry no loss
+HEAD_MULTIPLE = 32  # loss positions are padded to a multiple of this with zero rows that carry no loss
 HEAD_SLICE = 128  # rows of a frozen head's logits formed at a time (see _head_cross_entropy)
 
 
@@ -159,27 +157,22 @@ def _hidden_states_as_logits(head: torch.nn.Module):
                 del _head_users[id(head)]
 
 
-def _chunk_ce(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    # (chunk, V) in the head weight's dtype: bf16 when the frozen base is stored in bf16. The Trainer's
-    # autocast wraps only the model's forward, not this loss, so the dtypes are matched here.
-    logits = hidden.to(weight.dtype) @ weight.t()
-    return F.cross_entropy(logits.float(), targets, reduction="sum")
-
-
 @functools.cache
 def _head_cross_entropy():
-    """The LM head and cross-entropy of one chunk of a frozen head (LoRA and the other adapters) as one
-    autograd node that computes its gradient in forward: d(loss)/d(logits) = softmax - one-hot is formed
-    in place on the fp32 logits and multiplied by the head at once, so only (chunk x hidden) is kept.
-    Stock cross-entropy keeps the log-softmax for backward, fills a zero gradient of the same (chunk x
-    vocab) size and runs a log-softmax backward pass over it (~60 ms a step on smollm2-135m,
-    docs/performance.md).
+    """The LM head and cross-entropy of a batch's loss positions as one autograd node that computes
+    its gradients in forward: d(loss)/d(logits) = softmax - one-hot is formed in place on the fp32
+    logits and multiplied by the head at once, so only (positions x hidden) is kept [and, when the head
+    trains, its (vocab x hidden) gradient, summed over the slices in fp32; a tied embedding's rows are
+    added into it after backward: training/tied_embedding.py]. Stock cross-entropy keeps the
+    log-softmax for backward, fills a zero gradient of the same (positions x vocab) size and runs a
+    log-softmax backward pass over it (~60 ms a LoRA step on smollm2-135m, docs/performance.md).
 
-    The chunk's positions go through in slices of `HEAD_SLICE` rows that reuse one pair of (slice x
-    vocab) buffers, bf16 and fp32, written in place: whole-chunk logits and their fp32 copy and
-    log-sum-exp temporaries were ~300 MB of fresh memory per micro-batch, which the C allocator maps
-    from the kernel and faults in page by page every time (60k page faults and 155 ms for 416
-    positions of smollm2-135m, against 1k and 95 ms in slices; docs/performance.md)."""
+    The positions go through in slices of `HEAD_SLICE` rows that reuse one pair of (slice x vocab)
+    buffers, bf16 and fp32, written in place: whole-batch logits with their fp32 copy and log-sum-exp
+    temporaries were ~300 MB of fresh memory per micro-batch, which the C allocator maps from the
+    kernel and faults in page by page every time (60k page faults and 155 ms for 416 positions of
+    smollm2-135m, against 1k and 95 ms in slices; full fine-tuning 126k -> 37k faults per step;
+    docs/performance.md). Without gradients (evaluation) the same slices give the loss alone."""
 
     class HeadCrossEntropy(torch.autograd.Function):
         @staticmethod
@@ -191,8 +184,10 @@ def _head_cross_entropy():
             logits = torch.empty(rows, weight.size(0), dtype=weight.dtype, device=h.device)
             same = logits.dtype == torch.float32  # an fp32 head: one buffer, no copies
             logits32 = logits if same else torch.empty_like(logits, dtype=torch.float32)
-            need_grad = ctx.needs_input_grad[0]
-            grad_hidden = torch.empty_like(h) if need_grad else None
+            need_hidden, need_weight, _ = ctx.needs_input_grad
+            grad_hidden = torch.empty_like(h) if need_hidden else None
+            # a trained head's gradient, summed over the slices in fp32
+            grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
             loss = torch.zeros((), dtype=torch.float32, device=h.device)
             for start in range(0, h.size(0), HEAD_SLICE):
                 end = min(start + HEAD_SLICE, h.size(0))
@@ -205,49 +200,41 @@ def _head_cross_entropy():
                 norm = part32.sub_(top).exp_().sum(1, keepdim=True)  # exp(logit - max), in place
                 keep = valid[start:end].to(torch.float32)
                 loss += ((norm.log() + top - target_logit) * keep).sum()
-                if need_grad:  # (softmax - one-hot), zero on ignored rows, in the head's dtype
+                if need_hidden or need_weight:  # (softmax - one-hot), zero on ignored rows, in the head's dtype
                     part32.mul_(keep / norm).scatter_add_(1, safe[start:end], -keep)
                     if not same:
                         part.copy_(part32)
-                    torch.mm(part, weight, out=grad_hidden[start:end])
-            ctx.save_for_backward(None if grad_hidden is None else grad_hidden.to(hidden.dtype))
+                    if need_hidden:
+                        torch.mm(part, weight, out=grad_hidden[start:end])
+                    if need_weight and same:
+                        grad_weight.addmm_(part.t(), h[start:end])
+                    elif need_weight:
+                        grad_weight.add_(part.t() @ h[start:end])
+            ctx.save_for_backward(None if grad_hidden is None else grad_hidden.to(hidden.dtype),
+                                  None if grad_weight is None else grad_weight.to(weight.dtype))
             return loss
 
         @staticmethod
         def backward(ctx, grad_loss):
-            (grad_hidden,) = ctx.saved_tensors
-            return grad_hidden * grad_loss.to(grad_hidden.dtype), None, None
+            # scaled in place: the node's gradients are formed once, for the one backward pass they serve
+            grad_hidden, grad_weight = ctx.saved_tensors
+            return (None if grad_hidden is None else grad_hidden.mul_(grad_loss.to(grad_hidden.dtype)),
+                    None if grad_weight is None else grad_weight.mul_(grad_loss.to(grad_weight.dtype)), None)
 
     return HeadCrossEntropy
 
 
 def chunked_lm_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Sum of cross-entropy over positions, computing (chunk, vocab) logits one chunk at a time.
-
-    With more than one chunk, each is checkpointed: backward recomputes its logits instead of
-    keeping them, so peak memory is O(chunk x vocab) rather than O(tokens x vocab). A single
-    chunk is already that small, so it keeps its logits and skips the recompute (~5% of a step).
-    """
-    total = hidden.new_zeros((), dtype=torch.float32)
-    recompute = torch.is_grad_enabled() and hidden.size(0) > LOSS_CHUNK
-    # A frozen head (LoRA and the other adapters): each chunk one node that forms its gradient in forward
-    # and keeps only (chunk x hidden). A trained head keeps autograd's own matmul backward, into which
-    # a tied embedding's rows are added in place (training/tied_embedding.py).
-    fused = torch.is_grad_enabled() and hidden.requires_grad and not weight.requires_grad
-    for start in range(0, hidden.size(0), LOSS_CHUNK):
-        h, t = hidden[start : start + LOSS_CHUNK], targets[start : start + LOSS_CHUNK]
-        extra = -h.size(0) % HEAD_MULTIPLE  # a repeated matmul shape (see HEAD_MULTIPLE); ignored rows
-        if extra:
-            h, t = F.pad(h, (0, 0, 0, extra)), F.pad(t, (0, extra), value=IGNORE)
-        if fused:
-            total = total + _head_cross_entropy().apply(h, weight, t)
-        elif recompute:
-            from torch.utils.checkpoint import checkpoint
-
-            total = total + checkpoint(_chunk_ce, h, weight, t, use_reentrant=False)
-        else:
-            total = total + _chunk_ce(h, weight, t)
-    return total
+    """Sum of cross-entropy over positions without ever materialising (positions x vocab) logits: one
+    autograd node (`_head_cross_entropy`) forms them `HEAD_SLICE` rows at a time and, while training,
+    the gradients with them. The positions are padded with ignored rows to a multiple of
+    `HEAD_MULTIPLE`, so the last slice comes in few shapes."""
+    if hidden.size(0) == 0:
+        return hidden.new_zeros((), dtype=torch.float32)
+    extra = -hidden.size(0) % HEAD_MULTIPLE
+    if extra:
+        hidden, targets = F.pad(hidden, (0, 0, 0, extra)), F.pad(targets, (0, extra), value=IGNORE)
+    return _head_cross_entropy().apply(hidden, weight, targets)
 
 
 def causal_lm_loss(model, batch: dict, num_items_in_batch=None):
