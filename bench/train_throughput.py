@@ -265,8 +265,9 @@ def main() -> None:
     unknown = [m for m in methods if m not in METHODS] + [p for p in paths if p not in PATHS]
     if unknown:
         sys.exit(f"error: unknown method or path {unknown[0]!r} (methods: {', '.join(METHODS)}; paths: {', '.join(PATHS)})")
-    if args.rounds < 1:
-        sys.exit(f"error: --rounds must be at least 1 (got {args.rounds})")
+    for name in ("rounds", "tunelab_rows", "tunelab_accum", "trl_rows", "trl_accum"):
+        if getattr(args, name) < 1:
+            sys.exit(f"error: --{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
 
     machine = machine_report()
     dtype = machine["fastest"] if args.trl_dtype == "auto" else args.trl_dtype

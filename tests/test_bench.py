@@ -21,3 +21,11 @@ def test_no_bench_script_makes_a_temporary_directory_it_does_not_remove():
     leaking = [p.name for p in (REPO / "bench").glob("*.py")
                if p.name != "_common.py" and re.search(r"tempfile\.mkdtemp\(", p.read_text())]
     assert leaking == []
+
+
+def test_the_training_bench_refuses_a_geometry_below_one_before_running_anything():
+    for option in ("--rounds", "--tunelab-rows", "--tunelab-accum", "--trl-rows", "--trl-accum"):
+        out = subprocess.run([sys.executable, "bench/train_throughput.py", option, "0"], cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode != 0 and out.stdout == ""
+        assert out.stderr.strip() == f"error: {option} must be at least 1 (got 0)"

@@ -1,10 +1,9 @@
 """Pieces shared by the causal-LM stages (pretrain, sft): packing, batching and the next-token loss."""
 from __future__ import annotations
 
-import functools
-
 import bisect
 import contextlib
+import functools
 import math
 import threading
 
@@ -20,7 +19,7 @@ from ..data.tokenize import IGNORE
 # step (docs/performance.md). Rounded up to these multiples, the shapes repeat after a few steps.
 ROW_MULTIPLE = 64  # packed rows are padded to a multiple of this width (their padding is its own segment)
 HEAD_MULTIPLE = 32  # loss positions are padded to a multiple of this with zero rows that carry no loss
-HEAD_SLICE = 128  # rows of a frozen head's logits formed at a time (see _head_cross_entropy)
+HEAD_SLICE = 128  # rows of the LM head's logits formed at a time (see _head_cross_entropy)
 
 
 # --------------------------------------------------------------------------- packing
@@ -206,10 +205,11 @@ def _head_cross_entropy():
                         part.copy_(part32)
                     if need_hidden:
                         torch.mm(part, weight, out=grad_hidden[start:end])
-                    if need_weight and same:
-                        grad_weight.addmm_(part.t(), h[start:end])
-                    elif need_weight:
-                        grad_weight.add_(part.t() @ h[start:end])
+                    if need_weight:  # into the fp32 sum: in place when the head is fp32 too
+                        if same:
+                            grad_weight.addmm_(part.t(), h[start:end])
+                        else:
+                            grad_weight.add_(part.t() @ h[start:end])
             ctx.save_for_backward(None if grad_hidden is None else grad_hidden.to(hidden.dtype),
                                   None if grad_weight is None else grad_weight.to(weight.dtype))
             return loss
