@@ -81,7 +81,7 @@ def test_no_vocabulary_sized_gradient_is_added_out_of_place(monkeypatch, fused_h
     With autograd's own head backward (the plain chunk loss) the stock embedding costs one
     out-of-place add; the head node that forms its gradient in forward hands it over whole."""
     if not fused_head:  # the head through autograd's own matmul and cross-entropy backward
-        monkeypatch.setattr(_lm, "chunked_lm_loss_sum", lambda h, w, t: torch.nn.functional.cross_entropy(
+        monkeypatch.setattr(_lm, "chunked_lm_loss_sum", lambda h, w, t, autocast=None: torch.nn.functional.cross_entropy(
             (h.to(w.dtype) @ w.t()).float(), t, reduction="sum"))
     model, _ = load_model("tiny-llama", CAUSAL_LM)
     vocab_by_hidden = list(model.get_input_embeddings().weight.shape)

@@ -19,6 +19,7 @@ from ..runs import directory as rundir
 from ..runs.open import check_links, load_links
 from ..stages import STAGES
 from . import precision, row_threads, trackers, warm_start
+from .allocator import freed_memory_kept
 from .compiled import compiled_blocks
 from .fast_dropout import fast_dropout
 from .fused_lora import fused_lora_layers
@@ -168,8 +169,9 @@ def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds,
         # masks come from a faster generator than PyTorch's CPU bernoulli_. A trained embedding tied to
         # the LM head adds its gradient rows in place (one process: DDP reduces gradients as they accumulate).
         # Llama-style RMSNorms run as one node that keeps less for backward (eager only, like LoRA's).
+        # Memory a step frees stays in the process for the next one (glibc: no fresh mmap per big block).
         eager = not cfg.train.compile
-        with compiled_blocks(model, cfg.train.compile), fused_lora_layers(model, eager), \
+        with freed_memory_kept(), compiled_blocks(model, cfg.train.compile), fused_lora_layers(model, eager), \
                 fused_rms_norms(model, eager), \
                 precision.adapters_take_autocast_inputs(model, plan.autocast_bf16 and eager), \
                 fast_dropout(model, eager and cfg.train.fast_dropout), \
