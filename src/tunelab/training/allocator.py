@@ -19,10 +19,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import threading
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
 _DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536  # glibc's defaults
 KEPT_TRIM_THRESHOLD = 1 << 30  # free heap top kept mapped while training (1 GiB; RSS peaks are what they were)
+_lock = threading.Lock()
+_inside = 0  # blocks open in this process (the jobs server may train in threads side by side)
 
 
 def _glibc():
@@ -40,14 +43,25 @@ def _glibc():
 
 @contextlib.contextmanager
 def freed_memory_kept(active: bool = True):
-    """Within the block, freed blocks of any size stay in the process for reuse (glibc only).
-    Yields whether the setting took effect."""
+    """Within the block, freed blocks of any size stay in the process for reuse (glibc only); the
+    settings are process-wide, so the first block in sets them and the last one out restores glibc's
+    defaults. Yields whether the setting is in effect."""
+    global _inside
     libc = _glibc() if active else None
-    kept = bool(libc) and libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, KEPT_TRIM_THRESHOLD) == 1
+    if libc is None:
+        yield False
+        return
+    with _lock:
+        if _inside == 0:
+            libc.mallopt(_M_MMAP_MAX, 0)
+            libc.mallopt(_M_TRIM_THRESHOLD, KEPT_TRIM_THRESHOLD)
+        _inside += 1
     try:
-        yield kept
+        yield True
     finally:
-        if libc is not None:
-            libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-            libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
-            libc.malloc_trim(0)
+        with _lock:
+            _inside -= 1
+            if _inside == 0:
+                libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+                libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+                libc.malloc_trim(0)
