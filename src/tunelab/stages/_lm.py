@@ -268,8 +268,9 @@ def _head_cross_entropy():
                         torch.mm(part, w, out=grad_hidden[start:end])
                     if need_weight and same:
                         grad_weight.addmm_(part.t(), h[start:end])
-            if whole:
-                grad_weight = torch.mm(logits.t(), h, out=_head_buffer(weight, "grad", compute))
+            if whole:  # into a kept buffer when a cast to the weight's dtype follows (else autograd keeps it)
+                kept = _head_buffer(weight, "grad", compute) if weight.dtype != compute else None
+                grad_weight = torch.mm(logits.t(), h, out=kept) if kept is not None else torch.mm(logits.t(), h)
             ctx.save_for_backward(None if grad_hidden is None else grad_hidden.to(hidden.dtype),
                                   None if grad_weight is None else grad_weight.to(weight.dtype))
             return loss
