@@ -6,8 +6,9 @@ faulted in page by page as it is first written. A training step frees and remake
 micro-batch: full fine-tuning's fp32 LM-head gradient (113 MB for smollm2-135m), the activations of
 long rows, the optimizer's temporaries. Measured on a 2-core AMD EPYC (docs/performance.md): making
 a (49,152 x 576) fp32 tensor from bf16 took 36 ms fresh and 4 ms into memory already touched; with
-mmap off for the run, the bench's full SFT ran in 43.8 / 45.4 s against 48.9 / 47.2 s and LoRA
-SFT in 33.6 / 34.2 s against 36.7 / 36.4 s, at the same peak RSS.
+mmap off for the run (glibc's environment variables), the bench's full SFT ran in 43.8 / 45.4 s
+against 48.9 / 47.2 s and LoRA SFT in 33.6 / 34.2 s against 36.7 / 36.4 s, peak RSS within the runs'
+spread.
 
 `freed_memory_kept()` turns mmap off (``M_MMAP_MAX`` 0: every block comes from the heap) and raises
 the trim threshold (the heap's free top stays mapped) for the block; after it, glibc's defaults
