@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.models import explicit_attention
-from tunelab.models.explicit_attention import explicit_causal_attention
+from tunelab.models.explicit_attention import explicit_causal_attention, packed_causal_attention
 
 
 def _inputs(batch, heads, kv_heads, tokens, dim, dtype=torch.float64, seed=0, strided=False):
@@ -84,3 +84,56 @@ def test_the_causal_bias_cache_stays_bounded():
                        torch.ones(3, 3, dtype=torch.bool).triu(1))
     token_major = explicit_attention._causal_bias(3, 2, torch.float32, token_major=True).isinf()
     assert torch.equal(token_major, torch.ones(3, 3, dtype=torch.bool).triu(1).repeat_interleave(2, dim=0))
+
+
+@pytest.mark.parametrize("multiple", [1, 4, 16])
+@pytest.mark.parametrize("query_block", [128, 4, 5])
+@pytest.mark.parametrize("bounds, strided", [((0, 5, 12, 13), True), ((0, 20), False), ((0, 1), True),
+                                             ((0, 9, 30, 31, 50), True), ((0, 3, 11), False)])
+def test_packed_row_matches_sdpa_on_each_segment(monkeypatch, multiple, query_block, bounds, strided):
+    """A packed row's segments as one node, each attending as if padded to `multiple` tokens (the
+    padding is the next segment's rows or the row's spare ones) and in query blocks: the output and
+    the gradients of query, key and value equal causal SDPA on each segment alone (float64)."""
+    monkeypatch.setattr(explicit_attention, "QUERY_BLOCK", query_block)
+    segments = list(zip(bounds, bounds[1:]))
+    tokens = bounds[-1]
+    q, k, v = _inputs(1, 6, 2, tokens, 8, strided=strided)
+    grad = torch.randn(1, 6, tokens, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    out = packed_causal_attention(q, k, v, segments, scale=0.3, multiple=multiple)
+    out.backward(grad)
+    ours = [out.detach()] + [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    ref = torch.cat([F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], is_causal=True,
+                                                    scale=0.3, enable_gqa=True) for s, e in segments], dim=2)
+    ref.backward(grad)
+    for name, got, want in zip("out q k v".split(), ours, [ref.detach()] + [t.grad for t in (q, k, v)]):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, msg=name)
+    # handed back in the (tokens, heads, dim) layout the output projection reads: the caller's transpose is free
+    assert out.transpose(1, 2).is_contiguous()
+
+
+def test_packed_row_in_bf16_stays_within_rounding_of_the_fp64_truth():
+    segments = [(0, 37), (37, 200), (200, 201), (201, 300)]  # short, blocked, one token, padded past the row
+    q, k, v = _inputs(1, 9, 3, 300, 64, strided=True)
+    truth = torch.cat([F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], is_causal=True,
+                                                      enable_gqa=True) for s, e in segments], dim=2)
+    low = [t.detach().to(torch.bfloat16).requires_grad_() for t in (q, k, v)]
+    out = packed_causal_attention(*low, segments, multiple=16)
+    assert out.dtype == torch.bfloat16
+    assert (out.double() - truth).norm() / truth.norm() < 1e-2
+    grad = torch.randn(truth.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    truth.backward(grad)
+    out.backward(grad.to(torch.bfloat16))
+    for low_t, t in zip(low, (q, k, v)):
+        assert low_t.grad.dtype == torch.bfloat16 and low_t.grad.shape == t.shape
+        assert (low_t.grad.double() - t.grad).norm() / t.grad.norm() < 1e-2
+
+
+def test_packed_row_takes_one_row_and_whole_groups_of_heads():
+    q, k, v = _inputs(2, 4, 2, 6, 8)
+    with pytest.raises(ValueError, match="one packed row"):
+        packed_causal_attention(q, k, v, [(0, 6)])
+    q, k, v = _inputs(1, 5, 2, 6, 8)
+    with pytest.raises(ValueError, match="multiple"):
+        packed_causal_attention(q, k, v, [(0, 6)])

@@ -383,3 +383,36 @@ def test_the_head_computes_in_the_autocast_dtype_the_models_forward_ran_under(mo
     dtypes.clear()
     _lm.causal_lm_loss(model, batch)
     assert dtypes == [(torch.float32, None)]
+
+
+def test_a_bf16_training_row_attends_in_one_node_as_its_segments_would_alone(monkeypatch):
+    """Packed bf16 training rows go through `packed_causal_attention` once per row (no per-segment
+    slices in autograd), with the same output and gradients as attending each segment alone; a row
+    holding a segment past the explicit path's limit keeps the per-segment path."""
+    g = torch.Generator().manual_seed(0)
+    positions = torch.cat([torch.arange(n) for n in (37, 20, 1, 70)])[None]  # 128 tokens, 4 examples
+    q, k, v = (torch.randn(2, 128, heads, 16, generator=g).to(torch.bfloat16).transpose(1, 2)
+               for heads in (4, 2, 2))
+    grad = torch.randn(2, 128, 4, 16, generator=g).to(torch.bfloat16)
+    rows = []
+    whole = packed_attention.packed_causal_attention
+    monkeypatch.setattr(packed_attention, "packed_causal_attention",
+                        lambda *args, **kw: rows.append(args[3]) or whole(*args, **kw))
+
+    def attend(row_node: bool):
+        if not row_node:
+            monkeypatch.setattr(packed_attention, "EXPLICIT_TRAINING_SEGMENT", 36)  # the 37-token one is past it
+        inputs = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, _ = packed_attention.packed_sdpa_forward(None, *inputs, None, position_ids=positions)
+        out.backward(grad)
+        return [out.detach()] + [t.grad for t in inputs]
+
+    one_node = attend(True)
+    assert [list(r) for r in rows] == [[(0, 37), (37, 57), (57, 58), (58, 128)]] * 2
+    rows.clear()
+    per_segment = attend(False)
+    assert rows == []
+    assert one_node[0].shape == (2, 128, 4, 16) and one_node[0].dtype == torch.bfloat16
+    for got, want in zip(one_node, per_segment):  # the 37-token segment went to SDPA: bf16 rounding apart
+        torch.testing.assert_close(got.float(), want.float(), atol=3e-2, rtol=3e-2)

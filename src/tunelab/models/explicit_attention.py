@@ -24,6 +24,12 @@ tokens 2.5-6 ms, 400 tokens 3-10 ms, 480 tokens 6-15 ms, swinging with the load 
 shared cache; in blocks of 128: 2.7, 3.8, 3.5 ms, docs/performance.md). There the queries are
 stacked token-major (row t·G + g for token t of query head g in its group), so a block is a
 contiguous run of rows; the key and value gradients add up over the blocks that see them.
+
+A packed training row attends as one node (`packed_causal_attention`): the row is stacked and
+copied once and every example reads its window of it in place, where one node per example cost
+per-example slices, pads and concatenations in autograd, and for each slice a zero-filled
+whole-row gradient added up in backward (fwd+bwd of a 512-token row of three examples, 9/3 heads
+of 64, bf16, on the 2-core AMD EPYC: 5.1-6.1 ms against 7.4-8.6 ms, alternating).
 """
 from __future__ import annotations
 
@@ -139,3 +145,98 @@ def explicit_causal_attention(query, key, value, scale: float | None = None):
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     function = _BlockedCausalAttention if query.shape[2] > QUERY_BLOCK else _ExplicitCausalAttention
     return function.apply(query, key, value, scale)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+class _PackedCausalAttention(torch.autograd.Function):
+    """Every packed example of one row, causal within itself, as one autograd node.
+
+    The row's queries are stacked token-major and pre-scaled once, its keys and values copied once,
+    each with `multiple` spare rows at the end; each example then attends in blocks of `QUERY_BLOCK`
+    queries as `_BlockedCausalAttention` does, reading its window of the row in place. An example
+    attends as if padded to a multiple of `multiple` tokens (few matmul shapes): the tokens past its
+    end are the next example's (or the spare rows), which is harmless. Their keys come after every
+    real query of the example, so the causal bias hides them; their query rows' outputs land where
+    the next example's own outputs overwrite them (examples go in order); in backward their gradient
+    rows are zeroed while the example runs and put back after, so the example's key and value
+    gradients gain exactly zero from them."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, segments, scale: float, multiple: int):
+        _, heads, tokens, dim = query.shape
+        kv_heads = key.shape[1]
+        groups = heads // kv_heads
+        padded = tokens + multiple
+        stacked = query.new_empty(kv_heads, padded, groups, dim)
+        torch.mul(query[0].view(kv_heads, groups, tokens, dim).transpose(1, 2), scale, out=stacked[:, :tokens])
+        stacked[:, tokens:].zero_()
+        stacked = stacked.view(kv_heads, padded * groups, dim)
+        keys, values = (query.new_empty(kv_heads, padded, dim) for _ in range(2))
+        for whole, part in ((keys, key), (values, value)):
+            whole[:, :tokens].copy_(part[0])
+            whole[:, tokens:].zero_()
+        out = query.new_empty(kv_heads, padded * groups, dim)
+        probs = []
+        for start, end in segments:
+            for a, b in _blocks(_round_up(end - start, multiple)):
+                rows = slice((start + a) * groups, (start + b) * groups)
+                scores = torch.bmm(stacked[:, rows], keys[:, start : start + b].transpose(1, 2))
+                scores[:, :, a:b].add_(_causal_bias(b - a, groups, scores.dtype, token_major=True))
+                probs.append(torch.softmax(scores, dim=-1))
+                del scores
+                torch.bmm(probs[-1], values[:, start : start + b], out=out[:, rows])
+        ctx.save_for_backward(stacked, keys, values, *probs)
+        ctx.scale, ctx.segments, ctx.multiple = scale, segments, multiple
+        ctx.shape = (kv_heads, groups, tokens, dim)
+        # (tokens, heads, dim) in memory, handed back as a (1, heads, tokens, dim) view: the layout
+        # the attention module's output projection reads, so the caller's transpose is free
+        out = out.view(kv_heads, padded, groups, dim)[:, :tokens].permute(1, 0, 2, 3).contiguous()
+        return out.view(1, tokens, heads, dim).transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        stacked, keys, values, *probs = ctx.saved_tensors
+        kv_heads, groups, tokens, dim = ctx.shape
+        multiple, padded = ctx.multiple, tokens + ctx.multiple
+        grad = stacked.new_empty(kv_heads, padded, groups, dim)
+        grad[:, :tokens].copy_(grad_out[0].view(kv_heads, groups, tokens, dim).transpose(1, 2))
+        grad[:, tokens:].zero_()
+        grad = grad.view(stacked.shape)
+        grad_stacked = torch.empty_like(stacked)
+        grad_keys, grad_values = torch.zeros_like(keys), torch.zeros_like(values)
+        blocks = iter(probs)
+        for start, end in ctx.segments:
+            length = _round_up(end - start, multiple)
+            spare = slice(end * groups, (start + length) * groups)  # the next example's rows, if any
+            kept = grad[:, spare].clone() if end < tokens and start + length > end else None
+            if kept is not None:
+                grad[:, spare].zero_()
+            for a, b in _blocks(length):
+                p = next(blocks)
+                rows = slice((start + a) * groups, (start + b) * groups)
+                window = slice(start, start + b)
+                grad_values[:, window].baddbmm_(p.transpose(1, 2), grad[:, rows])
+                grad_scores = torch._softmax_backward_data(torch.bmm(grad[:, rows], values[:, window].transpose(1, 2)),
+                                                           p, -1, p.dtype)
+                torch.bmm(grad_scores, keys[:, window], out=grad_stacked[:, rows])
+                grad_keys[:, window].baddbmm_(grad_scores.transpose(1, 2), stacked[:, rows])  # stacked carries the scale
+            if kept is not None:
+                grad[:, spare] = kept
+        grad_query = (grad_stacked.view(kv_heads, padded, groups, dim)[:, :tokens].mul_(ctx.scale)
+                      .permute(0, 2, 1, 3).reshape(1, kv_heads * groups, tokens, dim))
+        return grad_query, grad_keys[None, :, :tokens], grad_values[None, :, :tokens], None, None, None
+
+
+def packed_causal_attention(query, key, value, segments, scale: float | None = None, multiple: int = 1):
+    """Causal attention within each ``(start, end)`` segment of one packed row: (1, heads, tokens, dim)
+    queries over (1, kv_heads, tokens, dim) keys and values, as SDPA on each segment alone. Each
+    segment attends as if padded to a multiple of ``multiple`` tokens (the result is the same)."""
+    if query.shape[1] % key.shape[1]:
+        raise ValueError(f"query heads ({query.shape[1]}) are not a multiple of key-value heads ({key.shape[1]})")
+    if query.shape[0] != 1:
+        raise ValueError(f"one packed row at a time (got a batch of {query.shape[0]})")
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    return _PackedCausalAttention.apply(query, key, value, tuple(segments), scale, max(1, multiple))

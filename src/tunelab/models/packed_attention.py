@@ -4,7 +4,9 @@ Stock transformers turns packed `position_ids` into a dense block-diagonal (T x 
 attends over the whole row (cost ~ T^2) through its masked path, with key/value heads repeated
 for grouped-query attention. Packed examples are independent, so attending within each one
 separately (cost ~ sum of L_i^2) gives the same result with the unmasked causal kernel (or, for a
-short segment training in bf16 on a CPU, the explicit matmul path of ``explicit_attention``).
+short segment training in bf16 on a CPU, the explicit matmul path of ``explicit_attention``: a row
+whose examples all take it attends as one autograd node, `packed_causal_attention`, rather than as
+one sliced, padded and concatenated piece per example).
 
 Registered with transformers' AttentionInterface under `NAME`; a model opts in with
 `model.set_attn_implementation(NAME)`. Anything that is not a maskless packed row (padding
@@ -15,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .explicit_attention import explicit_causal_attention
+from .explicit_attention import explicit_causal_attention, packed_causal_attention
 
 NAME = "tunelab_packed_sdpa"
 
@@ -69,6 +71,12 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, 
     if len(per_row) == 1:  # one position row shared by the whole batch
         per_row = per_row * query.shape[0]
     for b, segments in enumerate(per_row):
+        row = query[b : b + 1], key[b : b + 1], value[b : b + 1]
+        low = _explicit_dtype(row[0], dropout, max(e - s for s, e in segments))
+        if low is not None:  # the whole row in one node (models/explicit_attention.py), no per-segment slices
+            with torch.autocast("cpu", enabled=False):  # the inputs in one low dtype, as autocast would give SDPA
+                rows.append(packed_causal_attention(*(x.to(low) for x in row), segments, scaling, SEGMENT_MULTIPLE))
+            continue
         parts = [_causal_attention(query[b : b + 1, :, s:e], key[b : b + 1, :, s:e], value[b : b + 1, :, s:e],
                                    dropout, scaling, groups > 1)
                  for s, e in segments]
@@ -82,10 +90,8 @@ def _causal_attention(query, key, value, dropout, scaling, gqa: bool):
     on a CPU runs the explicit matmul path instead of flash attention (see above). "Would": the
     inputs' dtype, or autocast's, which casts SDPA's inputs down even when rotary embeddings in fp32
     have promoted the query and key to fp32."""
-    on_cpu = query.device.type == "cpu"
-    low = torch.get_autocast_dtype("cpu") if on_cpu and torch.is_autocast_enabled("cpu") else query.dtype
-    if (on_cpu and low in (torch.bfloat16, torch.float16) and query.requires_grad and torch.is_grad_enabled()
-            and not dropout and query.shape[2] <= EXPLICIT_TRAINING_SEGMENT):
+    low = _explicit_dtype(query, dropout, query.shape[2])
+    if low is not None:
         tokens = query.shape[2]
         extra = -tokens % SEGMENT_MULTIPLE
         with torch.autocast("cpu", enabled=False):  # the inputs in one low dtype, as autocast would give SDPA
@@ -95,6 +101,17 @@ def _causal_attention(query, key, value, dropout, scaling, gqa: bool):
         return out[:, :, :tokens] if extra else out
     return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling, is_causal=True,
                                           enable_gqa=gqa)
+
+
+def _explicit_dtype(query, dropout, longest: int):
+    """The low dtype a training segment of ``longest`` tokens at most attends in on the explicit path,
+    or None where it takes SDPA (see above)."""
+    on_cpu = query.device.type == "cpu"
+    low = torch.get_autocast_dtype("cpu") if on_cpu and torch.is_autocast_enabled("cpu") else query.dtype
+    if (on_cpu and low in (torch.bfloat16, torch.float16) and query.requires_grad and torch.is_grad_enabled()
+            and not dropout and longest <= EXPLICIT_TRAINING_SEGMENT):
+        return low
+    return None
 
 
 def _mask(*args, attention_mask=None, **kwargs):
