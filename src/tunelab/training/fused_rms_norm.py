@@ -23,17 +23,21 @@ import torch
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, eps: float):
-        hidden32 = hidden.float()  # one upcast for both uses (a no-op for fp32 input)
-        rstd = torch.rsqrt(hidden32.pow(2).mean(-1, keepdim=True).add_(eps))
-        normed = (hidden32 * rstd).to(hidden.dtype)
-        del hidden32
+        hidden32 = hidden.float()
+        # squared in place when the upcast made a copy (fp32 input: hidden32 is the input itself)
+        squares = hidden32.square() if hidden32 is hidden else hidden32.square_()
+        rstd = torch.rsqrt(squares.mean(-1, keepdim=True).add_(eps))
+        del hidden32, squares
+        # computed in fp32 (rstd's dtype) and rounded once into the input's dtype: the stock
+        # (hidden32 * rstd).to(dtype) without its fp32 product
+        normed = torch.mul(hidden, rstd, out=torch.empty_like(hidden))
         ctx.save_for_backward(hidden, weight, rstd)
         return weight * normed
 
     @staticmethod
     def backward(ctx, grad):
         hidden, weight, rstd = ctx.saved_tensors
-        normed32 = hidden.float() * rstd
+        normed32 = hidden * rstd  # fp32 by promotion: one pass, no separate upcast
         grad_weight = None
         if ctx.needs_input_grad[1]:
             grad_weight = (grad * normed32.to(hidden.dtype)).sum_to_size(weight.shape).to(weight.dtype)
