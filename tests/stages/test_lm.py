@@ -7,7 +7,7 @@ from tunelab.models import packed_attention
 
 from tunelab.data.tokenize import IGNORE
 from tunelab.models import load_model
-from tunelab.stages import _lm
+from tunelab.stages import _head_loss, _lm
 
 
 def _examples(lengths, vocab=1000, seed=0):
@@ -209,7 +209,7 @@ def _plain_loss(model, batch):
 def test_chunked_loss_matches_plain_loss_and_gradients(monkeypatch, head_slice):
     """The tied tiny-llama trains every weight: the head's own gradient (summed over slices in fp32)
     and the tied embedding's add up to the plain full-logits loss's."""
-    monkeypatch.setattr(_lm, "HEAD_SLICE", head_slice)
+    monkeypatch.setattr(_head_loss, "HEAD_SLICE", head_slice)
     torch.manual_seed(0)
     model, _ = load_model("tiny-llama")
     batch = _lm.PadCollator(pad_token_id=0)(_examples([20, 13, 9], vocab=model.config.vocab_size))
@@ -220,7 +220,7 @@ def test_chunked_loss_matches_plain_loss_and_gradients(monkeypatch, head_slice):
     model.zero_grad()
 
     rows = []  # the head node's row count
-    fused = _lm._head_cross_entropy()
+    fused = _head_loss._head_cross_entropy()
 
     class Spy:
         @staticmethod
@@ -228,7 +228,7 @@ def test_chunked_loss_matches_plain_loss_and_gradients(monkeypatch, head_slice):
             rows.append(h.size(0))
             return fused.apply(h, w, t, autocast)
 
-    monkeypatch.setattr(_lm, "_head_cross_entropy", lambda: Spy)
+    monkeypatch.setattr(_head_loss, "_head_cross_entropy", lambda: Spy)
     loss, _ = _lm.causal_lm_loss(model, batch)
     loss.backward()
     torch.testing.assert_close(loss, reference, atol=1e-5, rtol=1e-5)
@@ -236,7 +236,7 @@ def test_chunked_loss_matches_plain_loss_and_gradients(monkeypatch, head_slice):
         torch.testing.assert_close(param.grad, reference_grads[name], atol=1e-5, rtol=1e-4, msg=name)
     # one node; its matmuls come in few shapes: padded with ignored rows to a multiple of HEAD_MULTIPLE
     n = int((batch["labels"][:, 1:] != IGNORE).sum())
-    assert len(rows) == 1 and rows[0] % _lm.HEAD_MULTIPLE == 0 and 0 <= rows[0] - n < _lm.HEAD_MULTIPLE, (rows, n)
+    assert len(rows) == 1 and rows[0] % _head_loss.HEAD_MULTIPLE == 0 and 0 <= rows[0] - n < _head_loss.HEAD_MULTIPLE, (rows, n)
 
 
 def test_packed_rows_are_padded_to_a_multiple_of_the_row_width_as_a_segment_of_their_own():
@@ -294,7 +294,7 @@ def test_the_fused_head_loss_of_a_frozen_head_matches_cross_entropy(monkeypatch,
     """LoRA's case: the head is frozen (maybe bf16), only the hidden states need a gradient, formed in
     forward a slice of rows at a time (several slices, a last one shorter, or one). Reference: full
     logits and stock cross-entropy."""
-    monkeypatch.setattr(_lm, "HEAD_SLICE", head_slice)
+    monkeypatch.setattr(_head_loss, "HEAD_SLICE", head_slice)
     torch.manual_seed(0)
     weight = torch.randn(50, 16).to(dtype)
     targets = torch.randint(0, 50, (21,))
@@ -303,13 +303,13 @@ def test_the_fused_head_loss_of_a_frozen_head_matches_cross_entropy(monkeypatch,
     ref_hidden = hidden.detach().clone().requires_grad_()
     reference = F.cross_entropy((ref_hidden.to(dtype) @ weight.t()).float(), targets, reduction="sum")
     (2 * reference).backward()
-    loss = _lm.chunked_lm_loss_sum(hidden, weight, targets)
+    loss = _head_loss.chunked_lm_loss_sum(hidden, weight, targets)
     (2 * loss).backward()
     tol = dict(atol=1e-4, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=1e-2)
     torch.testing.assert_close(loss, reference, **tol)
     torch.testing.assert_close(hidden.grad, ref_hidden.grad, **tol)
     with torch.no_grad():  # evaluation: the loss alone, the same value
-        torch.testing.assert_close(_lm.chunked_lm_loss_sum(hidden, weight, targets), reference.detach(), **tol)
+        torch.testing.assert_close(_head_loss.chunked_lm_loss_sum(hidden, weight, targets), reference.detach(), **tol)
 
 
 @pytest.mark.parametrize("head_slice", [3, 128])
@@ -329,7 +329,7 @@ def test_a_trained_fp32_head_under_bf16_autocast_computes_in_bf16_like_the_stock
                 self.seen.add(args[-1].dtype if func.overloadpacket is torch.ops.aten.mm else args[1].dtype)
             return func(*args, **(kwargs or {}))
 
-    monkeypatch.setattr(_lm, "HEAD_SLICE", head_slice)
+    monkeypatch.setattr(_head_loss, "HEAD_SLICE", head_slice)
     torch.manual_seed(0)
     weight = torch.randn(50, 16, requires_grad=True)
     targets = torch.randint(0, 50, (21,))
@@ -339,7 +339,7 @@ def test_a_trained_fp32_head_under_bf16_autocast_computes_in_bf16_like_the_stock
     with torch.autocast("cpu", dtype=torch.bfloat16):
         reference = F.cross_entropy(F.linear(ref_hidden, ref_weight).float(), targets, reduction="sum")
         with MatmulDtypes() as seen:
-            loss = _lm.chunked_lm_loss_sum(hidden, weight, targets)
+            loss = _head_loss.chunked_lm_loss_sum(hidden, weight, targets)
     (2 * reference).backward()
     (2 * loss).backward()
     assert seen.seen == {torch.bfloat16}
@@ -364,7 +364,7 @@ def test_the_head_computes_in_the_autocast_dtype_the_models_forward_ran_under(mo
     model.zero_grad()
 
     dtypes = []
-    fused = _lm._head_cross_entropy()
+    fused = _head_loss._head_cross_entropy()
 
     class Spy:
         @staticmethod
@@ -372,7 +372,7 @@ def test_the_head_computes_in_the_autocast_dtype_the_models_forward_ran_under(mo
             dtypes.append((w.dtype, autocast))
             return fused.apply(h, w, t, autocast)
 
-    monkeypatch.setattr(_lm, "_head_cross_entropy", lambda: Spy)
+    monkeypatch.setattr(_head_loss, "_head_cross_entropy", lambda: Spy)
     loss, _ = _lm.causal_lm_loss(model, batch)
     loss.backward()
     assert dtypes == [(torch.float32, torch.bfloat16)]

@@ -9,7 +9,7 @@ import torch
 
 from conftest import tiny_config, write_config
 from tunelab.core.errors import TunelabError
-from tunelab.stages._lm import _hidden_states_as_logits
+from tunelab.stages._head_loss import hidden_states_as_logits
 from tunelab.training import row_threads
 from tunelab.training.engine import train
 
@@ -95,7 +95,7 @@ def test_the_head_is_an_identity_only_for_threads_inside_the_switch():
     shapes = {}
 
     def worker(name):
-        with _hidden_states_as_logits(head):
+        with hidden_states_as_logits(head):
             inside.wait()
             shapes[name] = head(torch.ones(1, 4)).shape[-1]
             release.wait()
