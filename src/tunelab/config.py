@@ -45,6 +45,12 @@ class TrainConfig(StrictModel):
     lr: float = Field(2e-4, gt=0, description="Peak learning rate (LoRA: ~1e-4..5e-4; full: ~1e-5..5e-5).")
     batch_size: int = Field(4, ge=1, description="Examples per device per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    merge_accumulation: Literal["auto", "always", "never"] = Field("auto", description=(
+        "Run accumulated micro-batches as fewer, bigger ones: the same rows in the same optimizer steps, the "
+        "same loss and gradients up to rounding, each operation over more tokens at once, more activation "
+        "memory. `auto`: on a CPU, stages sft and pretrain with packing, up to 1,024 token slots "
+        "(rows × max_length) per micro-batch, not with train.row_threads; `always`: one micro-batch per "
+        "optimizer step; `never`: train.batch_size × train.grad_accum as given."))
     max_length: int = Field(512, ge=8, description="Tokens per example; longer examples are truncated.")
     seed: int = Field(42, description="Seed for data order, splits and initialisation.")
     precision: Literal["auto", "bf16", "fp32"] = Field(

@@ -158,6 +158,10 @@ def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds,
         trainer = make_trainer(cfg, model, tokenizer, stage, train_ds, eval_ds, run_dir, level, links,
                                resumed_step=int(checkpoint.name.split("-")[-1]) if checkpoint else None,
                                autocast_bf16=plan.autocast_bf16)
+        if trainer.args.gradient_accumulation_steps != cfg.train.grad_accum:
+            console.note(f"micro-batches of {trainer.args.per_device_train_batch_size} rows x "
+                         f"{trainer.args.gradient_accumulation_steps} per optimizer step (train.merge_accumulation="
+                         f"{cfg.train.merge_accumulation} merged {cfg.train.batch_size} x {cfg.train.grad_accum})")
         tracking = trackers.callbacks(cfg, run_dir, tags)
         for callback in [*callbacks, *tracking]:
             trainer.add_callback(callback)
@@ -210,6 +214,9 @@ def _train_checked(cfg: RunConfig, stage, method, checkpoint, train_ds, eval_ds,
             "precision": "bf16" if trainer.args.bf16 else "fp32",
             "base_dtype": plan.base_dtype,
             "world_size": trainer.args.world_size,
+            # the geometry trained (train.merge_accumulation may merge accumulated micro-batches)
+            "micro_batch_rows": trainer.args.per_device_train_batch_size,
+            "accumulated_micro_batches": trainer.args.gradient_accumulation_steps,
             **batching,
             **distributed,
             **best,

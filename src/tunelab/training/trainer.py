@@ -15,6 +15,7 @@ import torch
 from ..config import RunConfig
 from ..core.errors import TunelabError
 from ..runs import directory as rundir
+from . import micro_batches
 from .precision import use_bf16
 from .progress import output_callback
 
@@ -24,14 +25,15 @@ def _training_arguments(cfg: RunConfig, run_dir: Path, has_eval: bool, autocast_
     from transformers import TrainingArguments
 
     t = cfg.train
+    batches = micro_batches.geometry(t, cfg.stage.name, on_cpu=not torch.cuda.is_available())
     return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
         learning_rate=t.lr,
-        per_device_train_batch_size=t.batch_size,
+        per_device_train_batch_size=batches.rows,
         per_device_eval_batch_size=t.eval_batch_size,
-        gradient_accumulation_steps=t.grad_accum,
+        gradient_accumulation_steps=batches.accumulate,
         lr_scheduler_type=t.scheduler if t.scheduler != "constant" else "constant_with_warmup",
         warmup_steps=t.warmup_ratio,  # a float below 1 is a ratio of total steps
         weight_decay=t.weight_decay,
