@@ -25,7 +25,9 @@ dropout 0) and `full` (every weight trains).
             as tunelab's. 1 packed row of <= max_length per micro-batch x 2 accumulated
             (--trl-rows, --trl-accum).
   tunelab   its defaults (packing, per-example attention, LM head on loss positions only,
-            precision auto = bf16 where it is the faster dtype), 1 packed row x 2 accumulated.
+            precision auto = bf16 where it is the faster dtype), asked for 1 packed row x 2
+            accumulated (--tunelab-rows, --tunelab-accum), which train.merge_accumulation=auto
+            trains as 2 rows x 1 (the same rows per optimizer step; the `rows x acc` column).
   tunelab-compile
             the same with train.compile=true (each decoder block through torch.compile). Its
             compile time is inside `train s`. Each child starts from an empty inductor cache (the
@@ -155,6 +157,7 @@ def run_trl(args, best: bool) -> dict:
     return {"seconds": seconds, "useful_tokens": counts["real"], "padding": 1 - counts["real"] / counts["slots"],
             "loss_tokens": counts["loss"], "head_tokens": counts["slots"], "model_dir": model_dir,
             "dtype": "bf16" if config.bf16 else "fp32", "steps": trainer.state.global_step, "examples": len(data),
+            "geometry": f"{trainer.args.per_device_train_batch_size}x{trainer.args.gradient_accumulation_steps}",
             "gradient_checkpointing": bool(config.gradient_checkpointing)}
 
 
@@ -185,7 +188,8 @@ def run_tunelab(args, compiled: bool = False, threads: int = 1) -> dict:
             "padding": summary["padding_fraction"], "loss_tokens": summary["loss_tokens"],
             # the chunked loss evaluates the LM head only at loss-bearing positions
             "head_tokens": summary["loss_tokens"], "model_dir": resolve("smollm2-135m"),
-            "dtype": summary["precision"], "steps": summary["steps"], "gradient_checkpointing": False}
+            "dtype": summary["precision"], "steps": summary["steps"], "gradient_checkpointing": False,
+            "geometry": f"{summary['micro_batch_rows']}x{summary['accumulated_micro_batches']}"}
 
 
 def child(args) -> None:
@@ -205,7 +209,7 @@ def _table(results: dict, peaks: dict, fastest: str) -> dict:
     """One row per (method, path, round); returns each row's figures under the same key."""
     body, head = linear_weights(next(iter(results.values()))["model_dir"])
     print(f"{'method':<6} {'path':<15} {'round':>5} {'dtype':<5} {'useful tok/s':>12} {'padding':>8} {'useful tok':>10} "
-          f"{'loss tok':>9} {'train s':>8} {'total s':>8} {'peak RSS MB':>12} {'GFLOP/s':>8} {'/peak':>6} {'load':>5}")
+          f"{'loss tok':>9} {'rows x acc':>10} {'train s':>8} {'total s':>8} {'peak RSS MB':>12} {'GFLOP/s':>8} {'/peak':>6} {'load':>5}")
     rows = {}
     for (method, path, round_), r in sorted(results.items()):
         per_weight = 4 if method == "lora" else 6  # frozen: forward + input grad; trained: + weight grad
@@ -213,7 +217,7 @@ def _table(results: dict, peaks: dict, fastest: str) -> dict:
         row = rows[method, path, round_] = {"tps": r["useful_tokens"] / r["seconds"], "wall": r["seconds"],
                                             "rss": r["peak_rss_mb"], "flops": achieved}
         print(f"{method:<6} {path:<15} {round_:>5} {r['dtype']:<5} {row['tps']:>12.1f} {r['padding']:>8.1%} "
-              f"{r['useful_tokens']:>10} {r['loss_tokens']:>9} {r['seconds']:>8.1f} {r['process_seconds']:>8.1f} "
+              f"{r['useful_tokens']:>10} {r['loss_tokens']:>9} {r.get('geometry', '?'):>10} {r['seconds']:>8.1f} {r['process_seconds']:>8.1f} "
               f"{r['peak_rss_mb']:>12.0f} {achieved / 1e9:>8.1f} {achieved / peaks[fastest]:>6.1%} {r['load_end']:>5.1f}")
     return rows
 
