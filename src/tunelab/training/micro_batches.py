@@ -16,8 +16,8 @@ smollm2-135m with LoRA, as two micro-batches of 2 rows against four of 1, 6.9% l
 1.9 against 1.5 GB. TRL's SFTTrainer at 2 × 1 was not faster (100.3 s against 96.8 s at 1 × 2).
 
 `auto` merges on a CPU for the packed stages (sft, pretrain) up to `MERGED_TOKENS` token slots per
-micro-batch (what was measured), one process-thread per micro-batch (not with ``train.row_threads``,
-which splits rows across threads instead); `always` runs each optimizer step as one micro-batch;
+micro-batch (what was measured), and not with ``train.row_threads`` (which splits a micro-batch's rows
+across threads instead); `always` runs each optimizer step as one micro-batch;
 `never` keeps ``batch_size`` × ``grad_accum`` as given.
 """
 from __future__ import annotations
