@@ -217,7 +217,7 @@ def _table(results: dict, peaks: dict, fastest: str) -> dict:
         row = rows[method, path, round_] = {"tps": r["useful_tokens"] / r["seconds"], "wall": r["seconds"],
                                             "rss": r["peak_rss_mb"], "flops": achieved}
         print(f"{method:<6} {path:<15} {round_:>5} {r['dtype']:<5} {row['tps']:>12.1f} {r['padding']:>8.1%} "
-              f"{r['useful_tokens']:>10} {r['loss_tokens']:>9} {r.get('geometry', '?'):>10} {r['seconds']:>8.1f} {r['process_seconds']:>8.1f} "
+              f"{r['useful_tokens']:>10} {r['loss_tokens']:>9} {r['geometry']:>10} {r['seconds']:>8.1f} {r['process_seconds']:>8.1f} "
               f"{r['peak_rss_mb']:>12.0f} {achieved / 1e9:>8.1f} {achieved / peaks[fastest]:>6.1%} {r['load_end']:>5.1f}")
     return rows
 

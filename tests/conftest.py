@@ -128,6 +128,22 @@ def tiny_run_config(tmp_path, out_dir, synthetic_data):
     return make
 
 
+def logged_losses(run_dir: Path) -> list[float]:
+    """The training losses a run logged to metrics.jsonl, in step order."""
+    from tunelab.runs.directory import read_jsonl
+
+    return [row["loss"] for row in read_jsonl(Path(run_dir) / "metrics.jsonl") if "loss" in row]
+
+
+def saved_weights(run_dir: Path) -> dict:
+    """Every tensor the run saved outside its checkpoints (an adapter, or the whole model for full fine-tuning)."""
+    from safetensors.torch import load_file
+
+    files = sorted(p for p in Path(run_dir).rglob("*.safetensors") if "checkpoints" not in p.parts)
+    assert files, list(Path(run_dir).iterdir())
+    return {f"{path.relative_to(run_dir)}:{key}": value for path in files for key, value in load_file(str(path)).items()}
+
+
 def run_cli(*args, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> tuple[int, str, str]:
     """Run ``python -m tunelab ARGS`` in a subprocess; return (exit code, stdout, stderr)."""
     full_env = {**os.environ, **(env or {})}

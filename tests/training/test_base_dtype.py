@@ -10,14 +10,13 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config, write_config
+from conftest import logged_losses, tiny_config, write_config
 from methods.test_matrix import CASES, batch, fresh_base, loss_of
 from safetensors.torch import load_file
 
 from tunelab.config import load_config
 from tunelab.core.errors import TunelabError
 from tunelab.methods import METHODS
-from tunelab.runs.directory import read_jsonl
 from tunelab.training import engine
 from tunelab.training.precision import (Bf16Support, Plan, adapters_take_autocast_inputs, bf16_support, choose,
                                         store_frozen)
@@ -201,12 +200,8 @@ def parity_runs(tmp_path_factory):
     return runs
 
 
-def _losses(run) -> list[float]:
-    return [r["loss"] for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
-
-
 def test_loss_trajectory_stays_close_to_fp32(parity_runs):
-    fp32, bf16 = _losses(parity_runs["fp32"]), _losses(parity_runs["bf16"])
+    fp32, bf16 = logged_losses(parity_runs["fp32"]), logged_losses(parity_runs["bf16"])
     assert len(fp32) == len(bf16) == STEPS
     assert fp32[-1] < fp32[0] - 0.5, f"the fp32 run did not learn: {fp32}"  # the comparison means something
     gaps = [abs(a - b) for a, b in zip(fp32, bf16)]

@@ -6,19 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import SYNTHETIC_ROWS, tiny_config, write_config, write_rows
+from conftest import SYNTHETIC_ROWS, logged_losses, tiny_config, write_config, write_rows
 from safetensors.torch import load_file
 
 from tunelab.core.errors import TunelabError
-from tunelab.runs.directory import read_jsonl
 from tunelab.training import engine
 from tunelab.training.compiled import compiled_blocks, transformer_blocks
 
 STEPS = 4
-
-
-def _losses(run) -> list[float]:
-    return [r["loss"] for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +35,7 @@ def runs(tmp_path_factory):
 def test_compiled_blocks_train_like_eager_ones(runs):
     out, graphs = runs
     assert graphs[False] == 0 and graphs[True] > 0  # the compiled run really traced graphs, the eager one none
-    eager, compiled = _losses(out[False]), _losses(out[True])
+    eager, compiled = logged_losses(out[False]), logged_losses(out[True])
     assert len(eager) == len(compiled) == STEPS
     assert eager[-1] < eager[0]  # the runs learn, so equal losses mean equal training
     assert compiled == pytest.approx(eager, rel=1e-4, abs=1e-4)

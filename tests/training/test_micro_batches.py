@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import run_cli, tiny_config, write_config
+from conftest import logged_losses, run_cli, saved_weights, tiny_config, write_config
 from tunelab.config import TrainConfig
 from tunelab.training import micro_batches
 from tunelab.training.engine import train
@@ -43,18 +43,6 @@ def test_auto_merges_only_packed_stages_on_a_cpu():
     assert micro_batches.MERGED_TOKENS == 1024
 
 
-def _losses(run_dir) -> list[float]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [row["loss"] for row in rows if "loss" in row]
-
-
-def _adapter(run_dir) -> dict:
-    from safetensors.torch import load_file
-
-    (path,) = [p for p in run_dir.rglob("adapter_model.safetensors") if "checkpoints" not in p.parts]
-    return load_file(str(path))
-
-
 @pytest.mark.parametrize("stage", ["sft", "pretrain"])
 def test_merged_micro_batches_train_the_same_run(tmp_path, synthetic_data, stage):
     """2 rows × 2 accumulated against 4 rows at once: the same logged losses and adapter."""
@@ -69,11 +57,11 @@ def test_merged_micro_batches_train_the_same_run(tmp_path, synthetic_data, stage
     assert (summaries["always"]["micro_batch_rows"], summaries["always"]["accumulated_micro_batches"]) == (4, 1)
     assert summaries["never"]["steps"] == summaries["always"]["steps"] == 3
     assert summaries["never"]["train_tokens"] == summaries["always"]["train_tokens"]
-    split, merged = _losses(runs["never"]), _losses(runs["always"])
+    split, merged = logged_losses(runs["never"]), logged_losses(runs["always"])
     assert len(split) == len(merged) == 3
     # a loss normalised per micro-batch instead of per step would differ by the accumulation factor
     assert split == pytest.approx(merged, rel=1e-5)
-    a, b = _adapter(runs["never"]), _adapter(runs["always"])
+    a, b = saved_weights(runs["never"]), saved_weights(runs["always"])
     assert a.keys() == b.keys()
     for key in a:  # Adam moves a near-zero-gradient weight by up to lr: summation order shows at lr/100
         assert torch.allclose(a[key], b[key], atol=1e-2 / 100), (key, (a[key] - b[key]).abs().max())

@@ -1,31 +1,17 @@
 """train.row_threads: a micro-batch's rows trained side by side in threads, same run as one thread."""
 from __future__ import annotations
 
-import json
 import threading
 
 import pytest
 import torch
 
-from conftest import tiny_config, write_config
+from conftest import logged_losses, saved_weights, tiny_config, write_config
 from tunelab.core.errors import TunelabError
 from tunelab.stages._head_loss import hidden_states_as_logits
 from tunelab.training import row_threads
 from tunelab.training.engine import train
 
-
-def _losses(run_dir) -> list[float]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [row["loss"] for row in rows if "loss" in row]
-
-
-def _saved_weights(run_dir) -> dict:
-    """Every tensor the run saved (an adapter, or the whole model for full fine-tuning)."""
-    from safetensors.torch import load_file
-
-    files = sorted(p for p in run_dir.rglob("*.safetensors") if "checkpoints" not in p.parts)
-    assert files, list(run_dir.iterdir())
-    return {f"{path.relative_to(run_dir)}:{key}": value for path in files for key, value in load_file(str(path)).items()}
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])  # full: tiny-llama's tied embedding trains
@@ -47,10 +33,10 @@ def test_two_row_threads_train_the_same_run_as_one(tmp_path, synthetic_data, mon
                              grad_accum=2, row_threads=n, lr=lr)
         runs[n] = train(config, quiet=True)
     assert len(threads) >= 2 * 3 and all(name.startswith("tunelab-rows") for name in threads)
-    one, two = _losses(runs[1]), _losses(runs[2])
+    one, two = logged_losses(runs[1]), logged_losses(runs[2])
     assert len(one) == len(two) == 3
     assert one == pytest.approx(two, rel=1e-5)
-    a, b = _saved_weights(runs[1]), _saved_weights(runs[2])
+    a, b = saved_weights(runs[1]), saved_weights(runs[2])
     assert a.keys() == b.keys()
     # Adam moves a weight whose gradient is near zero by up to lr whatever the gradient's size, so the
     # two summation orders of fp32 gradients may part by a sliver of one step (1.3e-5 at lr 1e-2 seen

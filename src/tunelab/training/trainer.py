@@ -25,7 +25,8 @@ def _training_arguments(cfg: RunConfig, run_dir: Path, has_eval: bool, autocast_
     from transformers import TrainingArguments
 
     t = cfg.train
-    batches = micro_batches.geometry(t, cfg.stage.name, on_cpu=not torch.cuda.is_available())
+    on_cpu = not torch.cuda.is_available()
+    batches = micro_batches.geometry(t, cfg.stage.name, on_cpu)
     return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
         num_train_epochs=t.epochs,
@@ -58,7 +59,7 @@ def _training_arguments(cfg: RunConfig, run_dir: Path, has_eval: bool, autocast_
         remove_unused_columns=False,
         prediction_loss_only=True,
         include_num_input_tokens_seen="non_padding",
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=on_cpu,
         dataloader_num_workers=0,
         train_sampling_strategy="group_by_length",  # batches of similar length: less padding
         **_scale_out_arguments(t),
