@@ -194,11 +194,14 @@ def test_loss_normalises_by_tokens_in_the_accumulated_batch():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("head_slice", [3, 5, 128])
-def test_the_fused_head_loss_of_a_frozen_head_matches_cross_entropy(monkeypatch, dtype, head_slice):
+@pytest.mark.parametrize("matmul_rows", [512, 8])
+def test_the_fused_head_loss_of_a_frozen_head_matches_cross_entropy(monkeypatch, dtype, head_slice, matmul_rows):
     """LoRA's case: the head is frozen (maybe bf16), only the hidden states need a gradient, formed in
-    forward a slice of rows at a time (several slices, a last one shorter, or one). Reference: full
-    logits and stock cross-entropy."""
+    forward a slice of rows at a time (several slices, a last one shorter, or one), a bf16 head's
+    matmuls over groups of rows (one group; several, with slices that do not divide them). Reference:
+    full logits and stock cross-entropy."""
     monkeypatch.setattr(_head_loss, "HEAD_SLICE", head_slice)
+    monkeypatch.setattr(_head_loss, "HEAD_MATMUL_ROWS", matmul_rows)
     torch.manual_seed(0)
     weight = torch.randn(50, 16).to(dtype)
     targets = torch.randint(0, 50, (21,))

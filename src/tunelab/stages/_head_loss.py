@@ -19,7 +19,8 @@ from ..data.tokenize import IGNORE
 # Matmul shapes in few sizes (see stages/_lm.ROW_MULTIPLE): the loss-position count differs in every
 # micro-batch, so it is rounded up.
 HEAD_MULTIPLE = 32  # loss positions are padded to a multiple of this with zero rows that carry no loss
-HEAD_SLICE = 128  # rows of the LM head's logits formed at a time (see _head_cross_entropy)
+HEAD_SLICE = 128  # rows of the LM head's logits turned into (softmax - one-hot) at a time, in fp32
+HEAD_MATMUL_ROWS = 512  # rows per head matmul in a low dtype (see _head_cross_entropy)
 
 
 _head_switch = threading.local()  # per thread: is this thread's forward inside hidden_states_as_logits?
@@ -129,7 +130,12 @@ def _head_cross_entropy():
     temporaries were ~300 MB of fresh memory per micro-batch, which the C allocator maps from the
     kernel and faults in page by page every time (60k page faults and 155 ms for 416 positions of
     smollm2-135m, against 1k and 95 ms in slices; full fine-tuning 126k -> 37k faults per step;
-    docs/performance.md). Without gradients (evaluation) the same slices give the loss alone."""
+    docs/performance.md). In a low dtype the matmuls run over groups of up to `HEAD_MATMUL_ROWS` rows
+    (one bf16 (group x vocab) buffer, 50 MB for smollm2-135m), still turned into (softmax - one-hot) a
+    `HEAD_SLICE` at a time in fp32: the head's (vocab x hidden) weight is then read once per group, not
+    once per slice, in a taller matmul (fwd+bwd of 448 loss positions of smollm2-135m in bf16 on a 2-core
+    AMD EPYC: paired ratio 0.83 against matmuls of 128 rows; docs/performance.md). Without gradients
+    (evaluation) the same groups and slices give the loss alone."""
 
     class HeadCrossEntropy(torch.autograd.Function):
         @staticmethod
@@ -139,37 +145,42 @@ def _head_cross_entropy():
             valid = (targets != IGNORE).unsqueeze(1)
             safe = targets.clamp(min=0).unsqueeze(1)
             need_hidden, need_weight, _, _ = ctx.needs_input_grad
-            rows = min(HEAD_SLICE, h.size(0))
             same = compute == torch.float32  # an fp32 head: one buffer, no copies
             # A trained head in low precision keeps every slice's (softmax - one-hot) for one weight-gradient
             # matmul at the end (what autocast's stock path computes, and a taller, faster matmul than one per slice).
             whole = need_weight and not same
-            logits = torch.empty(h.size(0) if whole else rows, w.size(0), dtype=compute, device=h.device)
-            logits32 = logits if same else torch.empty(rows, w.size(0), dtype=torch.float32, device=h.device)
+            # Rows per matmul: in a low dtype up to HEAD_MATMUL_ROWS (the elementwise work stays in slices)
+            group_rows = h.size(0) if whole else min(HEAD_SLICE if same else HEAD_MATMUL_ROWS, h.size(0))
+            logits = torch.empty(group_rows, w.size(0), dtype=compute, device=h.device)
+            logits32 = logits if same else torch.empty(min(HEAD_SLICE, h.size(0)), w.size(0), dtype=torch.float32,
+                                                       device=h.device)
             grad_hidden = torch.empty_like(h) if need_hidden else None
             # a trained fp32 head's gradient, summed over the slices in place
             grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight and same else None
             loss = torch.zeros((), dtype=torch.float32, device=h.device)
-            for start in range(0, h.size(0), HEAD_SLICE):
-                end = min(start + HEAD_SLICE, h.size(0))
-                part = logits[start:end] if whole else logits[: end - start]
-                part32 = part if same else logits32[: end - start]
-                torch.mm(h[start:end], w.t(), out=part)
-                if not same:
-                    part32.copy_(part)
-                top = part32.amax(1, keepdim=True)
-                target_logit = part32.gather(1, safe[start:end])
-                norm = part32.sub_(top).exp_().sum(1, keepdim=True)  # exp(logit - max), in place
-                keep = valid[start:end].to(torch.float32)
-                loss += ((norm.log() + top - target_logit) * keep).sum()
-                if need_hidden or need_weight:  # (softmax - one-hot), zero on ignored rows, in the compute dtype
-                    part32.mul_(keep / norm).scatter_add_(1, safe[start:end], -keep)
+            for first in range(0, h.size(0), group_rows):
+                last = min(first + group_rows, h.size(0))
+                group = logits[: last - first]
+                torch.mm(h[first:last], w.t(), out=group)
+                for start in range(first, last, HEAD_SLICE):
+                    end = min(start + HEAD_SLICE, last)
+                    part = group[start - first : end - first]
+                    part32 = part if same else logits32[: end - start]
                     if not same:
-                        part.copy_(part32)
-                    if need_hidden:
-                        torch.mm(part, w, out=grad_hidden[start:end])
-                    if need_weight and same:
-                        grad_weight.addmm_(part.t(), h[start:end])
+                        part32.copy_(part)
+                    top = part32.amax(1, keepdim=True)
+                    target_logit = part32.gather(1, safe[start:end])
+                    norm = part32.sub_(top).exp_().sum(1, keepdim=True)  # exp(logit - max), in place
+                    keep = valid[start:end].to(torch.float32)
+                    loss += ((norm.log() + top - target_logit) * keep).sum()
+                    if need_hidden or need_weight:  # (softmax - one-hot), zero on ignored rows, in the compute dtype
+                        part32.mul_(keep / norm).scatter_add_(1, safe[start:end], -keep)
+                        if not same:
+                            part.copy_(part32)
+                        if need_weight and same:
+                            grad_weight.addmm_(part.t(), h[start:end])
+                if need_hidden:
+                    torch.mm(group, w, out=grad_hidden[first:last])
             if whole:  # into a kept buffer when a cast to the weight's dtype follows (else autograd keeps it)
                 kept = _head_buffer(weight, "grad", compute) if weight.dtype != compute else None
                 grad_weight = torch.mm(logits.t(), h, out=kept) if kept is not None else torch.mm(logits.t(), h)
