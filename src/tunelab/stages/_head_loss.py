@@ -2,10 +2,11 @@
 
 `causal_lm_loss` (stages/_lm.py) runs the model with its LM head switched to an identity
 (`hidden_states_as_logits`), keeps the hidden states of the positions that carry loss, and hands
-them to `chunked_lm_loss_sum`: the logits are formed `HEAD_SLICE` rows at a time, and while
-training each slice's gradient (softmax - one-hot) is formed in forward, so backward is matmuls
-only (a trained head under bf16 autocast keeps every slice's for one weight-gradient matmul at the
-end). docs/performance.md, the ninth to eleventh sessions.
+them to `chunked_lm_loss_sum`: the logits are formed by matmuls over groups of rows (`HEAD_SLICE`
+rows in fp32, up to `HEAD_MATMUL_ROWS` in a low dtype), turned into the gradient (softmax - one-hot)
+`HEAD_SLICE` rows at a time in forward while training, so backward is matmuls only (a trained head
+under bf16 autocast keeps every slice's for one weight-gradient matmul at the end).
+docs/performance.md, the ninth to eleventh and fourteenth sessions.
 """
 from __future__ import annotations
 
@@ -201,7 +202,7 @@ def _head_cross_entropy():
 def chunked_lm_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                         autocast: "torch.dtype | None" = None) -> torch.Tensor:
     """Sum of cross-entropy over positions without ever materialising (positions x vocab) logits: one
-    autograd node (`_head_cross_entropy`) forms them `HEAD_SLICE` rows at a time and, while training,
+    autograd node (`_head_cross_entropy`) forms them a group of rows at a time and, while training,
     the gradients with them. The positions are padded with ignored rows to a multiple of
     `HEAD_MULTIPLE`, so the last slice comes in few shapes. ``autocast``: the dtype the model's forward
     ran under autocast in, if any (the head computes in it, see `_head_compute_dtype`)."""
