@@ -13,10 +13,6 @@ from tunelab.training.engine import train
 from tunelab.training.micro_batches import Geometry, geometry
 
 
-def _train(**settings) -> TrainConfig:
-    return TrainConfig(**settings)
-
-
 @pytest.mark.parametrize(("settings", "expected"), [
     ({"batch_size": 1, "grad_accum": 2, "max_length": 512}, Geometry(2, 1)),  # the bench's LoRA geometry
     ({"batch_size": 1, "grad_accum": 4, "max_length": 512}, Geometry(2, 2)),  # merged as far as the budget goes
@@ -29,13 +25,13 @@ def _train(**settings) -> TrainConfig:
     ({"batch_size": 1, "grad_accum": 2, "max_length": 512, "merge_accumulation": "never"}, Geometry(1, 2)),
 ])
 def test_geometry_on_a_cpu(settings, expected):
-    got = geometry(_train(**settings), "sft", on_cpu=True)
+    got = geometry(TrainConfig(**settings), "sft", on_cpu=True)
     assert got == expected
     assert got.rows_per_step == settings["batch_size"] * settings["grad_accum"]
 
 
 def test_auto_merges_only_packed_stages_on_a_cpu():
-    t = _train(batch_size=1, grad_accum=2, max_length=512)
+    t = TrainConfig(batch_size=1, grad_accum=2, max_length=512)
     assert geometry(t, "pretrain", on_cpu=True) == Geometry(2, 1)
     for stage in ("dpo", "reward", "classify", "rlhf"):
         assert geometry(t, stage, on_cpu=True) == Geometry(1, 2), stage

@@ -13,7 +13,6 @@ from tunelab.training import row_threads
 from tunelab.training.engine import train
 
 
-
 @pytest.mark.parametrize("method", ["lora", "full"])  # full: tiny-llama's tied embedding trains
 def test_two_row_threads_train_the_same_run_as_one(tmp_path, synthetic_data, monkeypatch, method):
     data = synthetic_data("dolly")
